@@ -1,0 +1,201 @@
+"""One table of every loss: its public function, differentiated inputs, family, reference and test cases.
+
+A loss is registered by decorating its public function in :mod:`fastloss.api` with :func:`loss`. The
+function takes one private keyword, ``_grad``: ``None`` for the value alone, or a :class:`GradRequest`,
+in which case it returns ``(value, grads)`` with ``grads`` a tuple in the order of ``diff``.
+
+Each family module (``fastloss.families.NAME``) holds, keyed by the loss's public name:
+
+``REFERENCE[name](*args, grad_output=None, **kwargs) -> (value, grads)``
+    the float64 NumPy reference of the value and of the gradients of the differentiated inputs
+    (``grads`` a tuple in the order of ``diff``), used as ground truth by the tests and as a baseline
+    by the benchmarks.
+``CASES[name](rng, dtype) -> list[Case]``
+    small inputs covering every option, reduction and shape the SPEC names.
+``BENCH[name](rng, dtype, size) -> Case``
+    one realistic input; ``size`` is about the number of elements of the largest argument.
+``TORCH[name](torch, *tensors, **kwargs)`` (optional)
+    the PyTorch expression of the same loss, where it is not ``torch.nn.functional.<name>``; a value of
+    ``None`` means PyTorch has no such function.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Case:
+    """Positional and keyword arguments of one call, with a readable id for test names."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    id: str = ""
+
+
+class GradRequest:
+    """What :func:`value_and_grad` asks of a loss: the incoming gradient and optional output buffers."""
+
+    __slots__ = ("grad_output", "out")
+
+    def __init__(self, grad_output=None, out=None):
+        self.grad_output = grad_output
+        self.out = out
+
+    def scalar(self) -> float:
+        """``grad_output`` of a reduced (0-d) loss as a Python float (default 1.0). CPU backend only."""
+        g = self.grad_output
+        if g is None:
+            return 1.0
+        g = np.asarray(g)
+        if g.size != 1:
+            raise ValueError(f"grad_output of shape {g.shape} does not fit the loss's shape ()")
+        return float(g.reshape(()))
+
+    def array(self, shape, dtype):
+        """``grad_output`` broadcast (a view, no copy) to the loss's ``shape``. CPU backend only."""
+        g = self.grad_output
+        if g is None:
+            return np.ones((1,) * len(shape), dtype=dtype) if shape else np.ones((), dtype=dtype)
+        g = np.asarray(g, dtype=dtype)
+        try:
+            return np.broadcast_to(g, tuple(shape))
+        except ValueError:
+            raise ValueError(
+                f"grad_output of shape {g.shape} does not broadcast to the loss's shape {tuple(shape)}"
+            ) from None
+
+    def out_for(self, i: int, like):
+        """The gradient buffer of the ``i``-th differentiated input: the caller's ``out`` or a new array.
+
+        A caller's buffer must have ``like``'s shape and dtype and be C-contiguous; it may be the
+        input itself (in-place), which the kernels detect and handle.
+        """
+        out = self.out
+        if isinstance(out, (tuple, list)):
+            out = out[i] if i < len(out) else None
+        elif i > 0:
+            out = None
+        if out is None:
+            return np.empty(like.shape, dtype=like.dtype)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a NumPy array for NumPy inputs, got {type(out).__name__}")
+        if out.shape != like.shape or out.dtype != like.dtype:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype}; the gradient needs shape "
+                f"{like.shape} and dtype {like.dtype}"
+            )
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+        return out
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    fn: Callable
+    diff: tuple
+    family: str
+
+    @property
+    def module(self):
+        return importlib.import_module(f"fastloss.families.{self.family}")
+
+    @property
+    def reference(self):
+        return self.module.REFERENCE[self.name]
+
+    @property
+    def cases(self):
+        return self.module.CASES[self.name]
+
+    @property
+    def bench(self):
+        return self.module.BENCH[self.name]
+
+    def torch_fn(self):
+        """``f(torch, *tensors, **kwargs)`` computing this loss in PyTorch, or ``None``."""
+        table = getattr(self.module, "TORCH", {})
+        if self.name in table:
+            return table[self.name]
+        return lambda torch, *a, **k: getattr(torch.nn.functional, self.name)(*a, **k)
+
+
+REGISTRY: dict[str, LossSpec] = {}
+
+
+def loss(*, diff, family):
+    """Register a public loss function; hides its private ``_grad`` keyword from its signature."""
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "_grad"])
+        spec = LossSpec(fn.__name__, fn, tuple(diff), family)
+        REGISTRY[spec.name] = spec
+        fn._fastloss_spec = spec
+        return fn
+
+    return deco
+
+
+def _spec_of(f) -> LossSpec:
+    spec = getattr(f, "_fastloss_spec", None)
+    if spec is None:
+        raise TypeError(f"{getattr(f, '__name__', f)!r} is not a fastloss loss; see fastloss.losses()")
+    return spec
+
+
+def value_and_grad(f):
+    """Return a function computing ``(loss, grads)`` of the fastloss loss ``f`` in one fused pass.
+
+    The returned function has ``f``'s signature plus two keywords:
+
+    ``grad_output``
+        an array broadcastable to the loss's shape (default: ones), the gradient flowing into the
+        loss, as ``torch.autograd.grad(loss, inputs, grad_outputs=grad_output)``.
+    ``out``
+        optional buffer(s) for the gradient(s): an array for one differentiated input, a tuple for
+        several. Passing the input itself as ``out`` overwrites it with its gradient (in place).
+
+    ``grads`` is one array for single-prediction losses and a tuple, in argument order, for losses with
+    several differentiated inputs (``margin_ranking_loss``, ``cosine_embedding_loss``: ``(input1,
+    input2)``; ``triplet_margin_loss``: ``(anchor, positive, negative)``). Each gradient has the shape
+    and dtype of its input and lives on the same device.
+    """
+    spec = _spec_of(f)
+
+    @functools.wraps(f)
+    def vg(*args, grad_output=None, out=None, **kwargs):
+        value, grads = f(*args, _grad=GradRequest(grad_output, out), **kwargs)
+        return value, (grads[0] if len(spec.diff) == 1 else tuple(grads))
+
+    sig = inspect.signature(f)
+    extra = [
+        inspect.Parameter("grad_output", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ]
+    vg.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    vg.__doc__ = f"value_and_grad({spec.name}): returns (loss, grads).\n\n" + (f.__doc__ or "")
+    return vg
+
+
+def grad(f):
+    """Like :func:`value_and_grad`, returning the gradient(s) alone."""
+    vg = value_and_grad(f)
+
+    @functools.wraps(vg)
+    def g(*args, **kwargs):
+        return vg(*args, **kwargs)[1]
+
+    g.__doc__ = f"grad({_spec_of(f).name}): returns the gradient(s).\n\n" + (f.__doc__ or "")
+    return g
+
+
+def losses() -> list:
+    """Names of every registered loss, sorted."""
+    return sorted(REGISTRY)

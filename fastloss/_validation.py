@@ -1,0 +1,173 @@
+"""Argument checks shared by every loss, each with one wording (SPEC §4).
+
+All checks run before any kernel and never modify their arguments. They use only ``.shape`` and
+``.dtype`` except where the values themselves must be checked (class indices, BCE's [0, 1] range); those
+use the array's own ``min``/``max`` so they work for NumPy and CuPy alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def reduction(value, allowed=REDUCTIONS) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"reduction={value!r} is not valid; use one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def prediction(name: str, a):
+    """A prediction must be a float32 or float64 array (``TypeError`` otherwise)."""
+    dt = np.dtype(a.dtype)
+    if dt not in FLOATS:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+    return a
+
+
+def common_float(**preds):
+    """Check several predictions and return their common dtype (float32 only if all are float32)."""
+    for name, a in preds.items():
+        prediction(name, a)
+    return np.result_type(*[a.dtype for a in preds.values()])
+
+
+def as_float(name: str, a, dtype):
+    """Convert a target or weight to ``dtype``: bool, integer and float data are accepted, complex,
+    string and object arrays are a ``TypeError``. Never modifies ``a`` (a copy when the dtype changes).
+    """
+    if a is None:
+        return None
+    dt = np.dtype(a.dtype)
+    if dt.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {dt}")
+    return a if dt == dtype else a.astype(dtype)
+
+
+def same_shape(name1: str, a, name2: str, b) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name1} and {name2} must have the same shape, got {name1} {tuple(a.shape)} and "
+            f"{name2} {tuple(b.shape)}"
+        )
+
+
+def broadcastable(name: str, a, shape, to: str = "input") -> None:
+    try:
+        np.broadcast_shapes(tuple(a.shape), tuple(shape))
+        ok = np.broadcast_shapes(tuple(a.shape), tuple(shape)) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(a.shape)} does not broadcast to the {to}'s shape {tuple(shape)}")
+
+
+def nonnegative(name: str, value) -> float:
+    value = float(value)
+    if not value >= 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return value
+
+
+def in_closed_unit(name: str, value) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def values_in_unit_interval(name: str, a) -> None:
+    """BCE's input: every value in [0, 1] (NaN passes and propagates, as in PyTorch)."""
+    if a.size == 0:
+        return
+    lo, hi = float(a.min()), float(a.max())
+    # NaN makes min/max NaN; test the non-NaN values then (NaN is data, not an error).
+    if lo != lo or hi != hi:
+        xp = _namespace(a)
+        finite = a[~xp.isnan(a)]
+        if finite.size == 0:
+            return
+        lo, hi = float(finite.min()), float(finite.max())
+    if lo < 0.0 or hi > 1.0:
+        bad = lo if lo < 0.0 else hi
+        raise ValueError(f"{name} must hold probabilities in [0, 1], found {bad}")
+
+
+def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
+    """Integer class targets in ``[0, n_classes)`` or equal to ``ignore_index`` (``IndexError`` naming
+    the first bad value otherwise, as PyTorch)."""
+    dt = np.dtype(target.dtype)
+    if dt.kind not in "iu":
+        raise TypeError(f"{name} of class indices must be an integer array, got dtype {dt}")
+    if target.size == 0:
+        return
+    lo, hi = int(target.min()), int(target.max())
+    if 0 <= lo and hi < n_classes:
+        return
+    xp = _namespace(target)
+    bad = (target < 0) | (target >= n_classes)
+    bad &= target != ignore_index
+    if bool(bad.any()):
+        value = int(target[bad].ravel()[0])
+        raise IndexError(f"{name} {value} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
+
+
+def _namespace(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import importlib
+
+    return importlib.import_module(type(a).__module__.split(".")[0])
+
+
+def pointwise(x, t, w=None, *, weight: str = "same", names=("input", "target", "weight")):
+    """The usual check of a pointwise loss: float prediction ``x``; ``t`` of the same shape, converted
+    to ``x``'s dtype; optional ``w`` of the same shape (``weight='same'``) or broadcastable to it
+    (``weight='broadcast'``). Returns ``(x, t, w)``."""
+    xn, tn, wn = names
+    prediction(xn, x)
+    t = as_float(tn, t, x.dtype)
+    same_shape(xn, x, tn, t)
+    if w is not None:
+        w = as_float(wn, w, x.dtype)
+        if weight == "same":
+            same_shape(xn, x, wn, w)
+        else:
+            broadcastable(wn, w, x.shape)
+    return x, t, w
+
+
+def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True):
+    """Check ``(input, target, weight)`` of ``cross_entropy``/``nll_loss``; classes on axis 1.
+
+    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``. ``target`` holds integer class indices
+    of shape ``()``, ``(N,)`` or ``(N, d1, ..., dk)``, or (where allowed) float class probabilities of
+    ``input``'s shape, converted to ``input``'s dtype. ``weight`` is ``(C,)``. Returns ``(x, t, w)``.
+    """
+    prediction("input", x)
+    if x.ndim == 0:
+        raise ValueError("input must have at least 1 dimension (classes), got a 0-d array")
+    n_classes = x.shape[0] if x.ndim == 1 else x.shape[1]
+    tdt = np.dtype(t.dtype)
+    if tdt.kind == "f" and probabilities_allowed:
+        same_shape("input", x, "target", t)
+        t = as_float("target", t, x.dtype)
+    else:
+        if tdt.kind not in "iu":
+            raise TypeError(
+                f"target must hold integer class indices{' or float probabilities' if probabilities_allowed else ''}, "
+                f"got dtype {tdt}"
+            )
+        want = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
+        if tuple(t.shape) != want:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} needs class-index target of shape {want}, "
+                f"got target {tuple(t.shape)}"
+            )
+        class_indices("target", t, n_classes, int(ignore_index))
+    if w is not None:
+        w = as_float("weight", w, x.dtype)
+        if tuple(w.shape) != (n_classes,):
+            raise ValueError(f"weight must have shape ({n_classes},) for {n_classes} classes, got {tuple(w.shape)}")
+    return x, t, w

@@ -1,0 +1,383 @@
+"""The public losses: one thin function each, check → dispatch → family kernel.
+
+Semantics are those of ``torch.nn.functional`` in PyTorch 2.13 (without ``size_average``/``reduce``).
+Every function accepts NumPy arrays (or anything ``numpy.asarray`` accepts) and GPU arrays (CuPy,
+``__cuda_array_interface__``); results come back in the input's array library and dtype. Reduced results
+(``'mean'``, ``'sum'``, ``'batchmean'``) are 0-d arrays; ``reduction='none'`` returns the per-element loss.
+
+Targets and weights are converted to the prediction's dtype; float32 predictions are computed with
+float64 accumulation. Gradients: :func:`fastloss.value_and_grad` / :func:`fastloss.grad`.
+"""
+from __future__ import annotations
+
+from . import _validation as V
+from ._dispatch import family, prepare
+from ._registry import loss
+
+__all__ = [
+    "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "mape_loss", "rmse_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "log_loss",
+    "l1_penalty", "l2_penalty",
+    "log_softmax", "softmax", "nll_loss", "cross_entropy",
+    "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss", "triplet_margin_loss",
+]
+
+_PW = "pointwise"
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression (pointwise)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input",), family=_PW)
+def l1_loss(input, target, reduction="mean", weight=None, *, _grad=None):
+    """Mean absolute error.
+
+    ``l_i = w_i * |input_i - target_i|``; ``'mean'`` is ``sum(l) / sum(w)`` (``sum(l) / n`` without
+    weight), ``'sum'`` is ``sum(l)``. ``input``, ``target`` and ``weight`` share one shape. The gradient
+    at ``input == target`` is 0 (``sign(0)``), as PyTorch.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.l1_loss(np.array([1.0, 2.0]), np.array([0.0, 4.0])))
+    1.5
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.pointwise(x, t, w)
+    return family(be, _PW).l1(x, t, w, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def mse_loss(input, target, reduction="mean", weight=None, *, _grad=None):
+    """Mean squared error.
+
+    ``l_i = w_i * (input_i - target_i)**2``; ``'mean'`` is ``sum(l) / sum(w)`` (``sum(l) / n`` without
+    weight), ``'sum'`` is ``sum(l)``. ``input``, ``target`` and ``weight`` share one shape.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 4.0])))
+    2.5
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.pointwise(x, t, w)
+    return family(be, _PW).mse(x, t, w, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0, *, _grad=None):
+    """Smooth L1 loss.
+
+    With ``r = input - target``: ``l = 0.5 * r**2 / beta`` where ``|r| < beta``, else
+    ``|r| - 0.5 * beta``; ``beta = 0`` is the L1 loss. ``'mean'`` averages over all elements.
+    ``beta`` must be non-negative (``ValueError``).
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.smooth_l1_loss(np.array([0.5, 3.0]), np.zeros(2)))
+    1.3125
+    """
+    V.reduction(reduction)
+    beta = V.nonnegative("beta", beta)
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).smooth_l1(x, t, reduction, beta, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, _grad=None):
+    """Huber loss.
+
+    With ``r = input - target``: ``l = 0.5 * r**2`` where ``|r| < delta``, else
+    ``delta * (|r| - 0.5 * delta)``, times ``weight``; ``'mean'`` is ``mean(w * l)`` (not divided by
+    ``sum(w)``: PyTorch 2.13's convention for this loss). ``delta`` must be non-negative.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.huber_loss(np.array([0.5, 3.0]), np.zeros(2)))
+    1.3125
+    """
+    V.reduction(reduction)
+    delta = V.nonnegative("delta", delta)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.pointwise(x, t, w)
+    return family(be, _PW).huber(x, t, w, reduction, delta, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def mape_loss(input, target, reduction="mean", *, _grad=None):
+    """Mean absolute percentage error, as a fraction (not percent).
+
+    ``l_i = |target_i - input_i| / max(|target_i|, eps)`` with ``eps`` float64's machine epsilon
+    (``numpy.finfo(numpy.float64).eps``), as ``sklearn.metrics.mean_absolute_percentage_error``.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.mape_loss(np.array([1.5, 2.0]), np.array([1.0, 4.0])))
+    0.5
+    """
+    V.reduction(reduction)
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).mape(x, t, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def rmse_loss(input, target, *, _grad=None):
+    """Root mean squared error, ``sqrt(mse_loss(input, target))``; a 0-d result.
+
+    Its gradient at a zero error is 0 (the subgradient), not NaN.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.rmse_loss(np.array([3.0, 0.0]), np.array([0.0, 4.0])))
+    3.5355339059327378
+    """
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).rmse(x, t, _grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Probabilistic (pointwise)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input",), family=_PW)
+def binary_cross_entropy(input, target, weight=None, reduction="mean", *, _grad=None):
+    """Binary cross entropy of probabilities.
+
+    ``l = -w * (t * log(x) + (1 - t) * log(1 - x))`` with each log clamped below at -100, as PyTorch.
+    ``input`` must lie in [0, 1] (``ValueError``; NaN propagates); ``weight`` broadcasts to ``input``.
+    The gradient is ``w * (x - t) / max((1 - x) * x, 1e-12)``, PyTorch's backward.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.binary_cross_entropy(np.array([0.9, 0.2]), np.array([1.0, 0.0]))), 6)
+    0.164252
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.pointwise(x, t, w, weight="broadcast")
+    V.values_in_unit_interval("input", x)
+    return family(be, _PW).bce(x, t, w, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None, *, _grad=None):
+    """Binary cross entropy of logits, computed stably.
+
+    ``l = -w * (p * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x)))`` with ``p = pos_weight``
+    broadcast along the last axis (shape ``(C,)`` for input ``(N, C)``); ``weight`` broadcasts to
+    ``input``. Evaluated as ``(1 - t) * x + (1 + (p - 1) * t) * softplus(-x)``, which never overflows.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.binary_cross_entropy_with_logits(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
+    0.220049
+    """
+    V.reduction(reduction)
+    be, (x, t, w, pw) = prepare(input=input, target=target, weight=weight, pos_weight=pos_weight)
+    x, t, w = V.pointwise(x, t, w, weight="broadcast")
+    if pw is not None:
+        pw = V.as_float("pos_weight", pw, x.dtype)
+        V.broadcastable("pos_weight", pw, x.shape)
+    return family(be, _PW).bce_logits(x, t, w, pw, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def kl_div(input, target, reduction="mean", log_target=False, *, _grad=None):
+    """Kullback-Leibler divergence; ``input`` holds log-probabilities.
+
+    ``l = t * (log(t) - input)`` (0 where ``t == 0``), or with ``log_target=True``,
+    ``l = exp(t) * (t - input)``. ``'batchmean'`` is ``sum(l) / input.shape[0]`` (the mathematically
+    correct KL for a batch); ``'mean'`` averages over all elements, as PyTorch.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.kl_div(np.log([0.5, 0.5]), np.array([0.9, 0.1]), reduction='sum')), 6)
+    0.368064
+    """
+    V.reduction(reduction, V.REDUCTIONS + ("batchmean",))
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).kl_div(x, t, reduction, bool(log_target), _grad)
+
+
+@loss(diff=("y_pred",), family=_PW)
+def log_loss(y_true, y_pred, *, normalize=True, sample_weight=None, labels=None, _grad=None):
+    """Log loss (cross entropy of predicted probabilities), as ``sklearn.metrics.log_loss``.
+
+    ``y_true``: labels of shape ``(n,)`` (any type ``numpy.unique`` orders); ``y_pred``: probabilities
+    ``(n, k)``, or ``(n,)`` for the positive class of a binary problem. Probabilities are clipped to
+    ``[eps, 1 - eps]`` (``eps`` the dtype's machine epsilon) and each row is renormalised to sum to 1,
+    as scikit-learn; ``loss = -sum_i s_i * log(p[i, y_i]) / sum_i s_i`` (the sum alone when
+    ``normalize=False``). The gradient is taken with respect to ``y_pred`` through the clip and the
+    renormalisation.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.log_loss([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]))), 6)
+    0.164252
+    """
+    be, (yt, yp, sw) = prepare(y_true=y_true, y_pred=y_pred, sample_weight=sample_weight)
+    V.prediction("y_pred", yp)
+    return family(be, _PW).log_loss(yt, yp, bool(normalize), sw, labels, _grad)
+
+
+@loss(diff=("w",), family=_PW)
+def l1_penalty(w, lam=1.0, *, _grad=None):
+    """L1 regularisation term ``lam * sum(|w|)`` (0-d); its gradient is ``lam * sign(w)``."""
+    be, (w_,) = prepare(w=w)
+    V.prediction("w", w_)
+    return family(be, _PW).penalty(w_, float(lam), 1, _grad)
+
+
+@loss(diff=("w",), family=_PW)
+def l2_penalty(w, lam=1.0, *, _grad=None):
+    """L2 regularisation term ``lam / 2 * sum(w**2)`` (0-d); its gradient is ``lam * w``."""
+    be, (w_,) = prepare(w=w)
+    V.prediction("w", w_)
+    return family(be, _PW).penalty(w_, float(lam), 2, _grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification (softmax family)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input",), family="softmax")
+def log_softmax(input, axis=-1, *, _grad=None):
+    """``log_softmax(x)_j = x_j - max(x) - log(sum_k exp(x_k - max(x)))`` along ``axis``.
+
+    Never overflows; the output has ``input``'s shape and dtype. The gradient (vector-Jacobian product
+    with ``grad_output`` ``g``) is ``g - softmax(x) * sum(g)`` along ``axis``.
+    """
+    be, (x,) = prepare(input=input)
+    V.prediction("input", x)
+    if x.ndim == 0:
+        raise ValueError("input must have at least 1 dimension, got a 0-d array")
+    axis = _axis(axis, x.ndim)
+    return family(be, "softmax").log_softmax(x, axis, _grad)
+
+
+@loss(diff=("input",), family="softmax")
+def softmax(input, axis=-1, *, _grad=None):
+    """``softmax(x)_j = exp(x_j - max(x)) / sum_k exp(x_k - max(x))`` along ``axis``.
+
+    The gradient (vector-Jacobian product with ``grad_output`` ``g``) is ``p * (g - sum(g * p))``.
+    """
+    be, (x,) = prepare(input=input)
+    V.prediction("input", x)
+    if x.ndim == 0:
+        raise ValueError("input must have at least 1 dimension, got a 0-d array")
+    axis = _axis(axis, x.ndim)
+    return family(be, "softmax").softmax(x, axis, _grad)
+
+
+@loss(diff=("input",), family="softmax")
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, _grad=None):
+    """Negative log-likelihood of log-probabilities ``input``; classes on axis 1.
+
+    ``l_i = -w[t_i] * input[i, t_i]`` (0 where ``t_i == ignore_index``); ``'mean'`` is
+    ``sum(l) / sum(w[t_i])`` over non-ignored targets (NaN when every target is ignored, as PyTorch).
+    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; target ``()``, ``(N,)`` or
+    ``(N, d1, ..., dk)`` of any integer dtype; weight ``(C,)``.
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.classification(x, t, w, ignore_index, probabilities_allowed=False)
+    return family(be, "softmax").nll(x, t, w, int(ignore_index), reduction, _grad)
+
+
+@loss(diff=("input",), family="softmax")
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *, _grad=None):
+    """Cross entropy of logits ``input`` (log-softmax and NLL fused); classes on axis 1.
+
+    Index targets: ``l_i = -(1 - e) * w[t_i] * logp[i, t_i] - e / C * sum_c w[c] * logp[i, c]`` with
+    ``e = label_smoothing`` and ``logp = log_softmax(input, axis=1)``; ignored targets give 0; ``'mean'``
+    divides by ``sum(w[t_i])`` over non-ignored targets (NaN when all are ignored). Probability targets
+    (float, ``input``'s shape): ``l_i = -sum_c w[c] * q[i, c] * logp[i, c]`` with
+    ``q = (1 - e) * target + e / C``; ``'mean'`` divides by the number of rows.
+    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; target ``()``, ``(N,)`` or
+    ``(N, d1, ..., dk)`` of any integer dtype, or probabilities of input's shape; weight ``(C,)``.
+    The gradient is ``softmax(input) * sum_c(...) - ...`` written in the same pass over each row.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.cross_entropy(np.array([[2.0, 0.0, -1.0]]), np.array([0]))), 6)
+    0.169846
+    """
+    V.reduction(reduction)
+    ls = V.in_closed_unit("label_smoothing", label_smoothing)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.classification(x, t, w, ignore_index)
+    return family(be, "softmax").cross_entropy(x, t, w, int(ignore_index), reduction, ls, _grad)
+
+
+def _axis(axis, ndim: int) -> int:
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking, embedding and triplet losses (Cython kernels)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input1", "input2"), family="ranking")
+def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
+    """``l = max(0, -target * (input1 - input2) + margin)``; ``target`` holds 1 or -1.
+
+    ``input1``, ``input2`` and ``target`` share one shape. Gradients for ``(input1, input2)``.
+    """
+    V.reduction(reduction)
+    be, (x1, x2, y) = prepare(input1=input1, input2=input2, target=target)
+    dt = V.common_float(input1=x1, input2=x2)
+    x1, x2 = V.as_float("input1", x1, dt), V.as_float("input2", x2, dt)
+    y = V.as_float("target", y, dt)
+    V.same_shape("input1", x1, "input2", x2)
+    V.same_shape("input1", x1, "target", y)
+    return family(be, "ranking").margin_ranking(x1, x2, y, float(margin), reduction, _grad)
+
+
+@loss(diff=("input",), family="ranking")
+def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, _grad=None):
+    """``l = x`` where ``target == 1``, ``max(0, margin - x)`` where ``target == -1`` (PyTorch adds both
+    terms for any other target value). ``input`` and ``target`` share one shape."""
+    V.reduction(reduction)
+    be, (x, y) = prepare(input=input, target=target)
+    x, y, _ = V.pointwise(x, y)
+    return family(be, "ranking").hinge_embedding(x, y, float(margin), reduction, _grad)
+
+
+@loss(diff=("input1", "input2"), family="ranking")
+def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
+    """With ``cos = <x1, x2> / sqrt((|x1|^2 + 1e-12) * (|x2|^2 + 1e-12))`` per row:
+    ``l = 1 - cos`` where ``target == 1``, ``max(0, cos - margin)`` where ``target == -1``.
+
+    ``input1``, ``input2``: ``(N, D)`` or ``(D,)``; ``target``: ``(N,)`` or ``()``.
+    """
+    V.reduction(reduction)
+    be, (x1, x2, y) = prepare(input1=input1, input2=input2, target=target)
+    dt = V.common_float(input1=x1, input2=x2)
+    x1, x2 = V.as_float("input1", x1, dt), V.as_float("input2", x2, dt)
+    V.same_shape("input1", x1, "input2", x2)
+    if x1.ndim not in (1, 2):
+        raise ValueError(f"input1 and input2 must be (N, D) or (D,), got {tuple(x1.shape)}")
+    y = V.as_float("target", y, dt)
+    if tuple(y.shape) != tuple(x1.shape[:-1]):
+        raise ValueError(
+            f"target must have shape {tuple(x1.shape[:-1])} for inputs of shape {tuple(x1.shape)}, "
+            f"got {tuple(y.shape)}"
+        )
+    return family(be, "ranking").cosine_embedding(x1, x2, y, float(margin), reduction, _grad)
+
+
+@loss(diff=("anchor", "positive", "negative"), family="triplet")
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction="mean", *, _grad=None):
+    """``l = max(0, d(a, p) - d(a, n) + margin)`` with ``d(x, y) = ||x - y + eps||_p`` per row;
+    with ``swap=True``, ``d(a, n)`` is replaced by ``min(d(a, n), d(p, n))``.
+
+    ``anchor``, ``positive``, ``negative``: ``(N, D)`` or ``(D,)``. ``margin`` must be non-negative and
+    ``p`` positive (``ValueError``).
+    """
+    V.reduction(reduction)
+    margin = V.nonnegative("margin", margin)
+    p = float(p)
+    if not p > 0:
+        raise ValueError(f"p must be positive, got {p}")
+    be, (a, po, n) = prepare(anchor=anchor, positive=positive, negative=negative)
+    dt = V.common_float(anchor=a, positive=po, negative=n)
+    a, po, n = (V.as_float(k, v, dt) for k, v in (("anchor", a), ("positive", po), ("negative", n)))
+    V.same_shape("anchor", a, "positive", po)
+    V.same_shape("anchor", a, "negative", n)
+    if a.ndim not in (1, 2):
+        raise ValueError(f"anchor, positive and negative must be (N, D) or (D,), got {tuple(a.shape)}")
+    return family(be, "triplet").triplet_margin(a, po, n, margin, p, float(eps), bool(swap), reduction, _grad)

@@ -1,0 +1,86 @@
+"""Helpers shared by the test modules: tolerances, conversions to torch, case parametrisation."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from fastloss._registry import REGISTRY
+
+try:  # tests that need PyTorch skip cleanly without it
+    import torch
+except ImportError:  # pragma: no cover - CI installs torch
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch 2.13 is not installed")
+
+DTYPES = (np.float32, np.float64)
+SEED = 20261122
+
+
+def tolerance(dtype):
+    """(rtol, atol-scale) for comparing a result of ``dtype`` with a float64 ground truth."""
+    return (2e-5, 2e-6) if np.dtype(dtype) == np.float32 else (1e-9, 1e-12)
+
+
+def assert_close(actual, expected, dtype, what=""):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    rtol, ascale = tolerance(dtype)
+    finite = expected[np.isfinite(expected)]
+    scale = float(np.max(np.abs(finite))) if finite.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=ascale * max(scale, 1.0), equal_nan=True, err_msg=what)
+
+
+def positional_index(spec, name):
+    return list(inspect.signature(spec.fn).parameters).index(name)
+
+
+def diff_positions(spec):
+    return [positional_index(spec, n) for n in spec.diff]
+
+
+def case_params(filter_fn=lambda spec: True, dtypes=DTYPES):
+    """pytest params (spec, dtype, case) over every registered loss whose family is importable."""
+    params = []
+    for name in sorted(REGISTRY):
+        spec = REGISTRY[name]
+        if not filter_fn(spec):
+            continue
+        for dtype in dtypes:
+            try:
+                cases = spec.cases(np.random.default_rng(SEED), dtype)
+            except (ImportError, KeyError, AttributeError) as exc:
+                params.append(pytest.param(spec, dtype, None, id=f"{name}-{np.dtype(dtype).name}-missing",
+                                           marks=pytest.mark.skip(reason=f"family not available: {exc!r}")))
+                continue
+            for i, case in enumerate(cases):
+                params.append(pytest.param(spec, dtype, case, id=f"{name}-{np.dtype(dtype).name}-{case.id or i}"))
+    return params
+
+
+def copy_args(case):
+    def cp(a):
+        return a.copy() if isinstance(a, np.ndarray) else a
+
+    return tuple(cp(a) for a in case.args), {k: cp(v) for k, v in case.kwargs.items()}
+
+
+def upcast(a):
+    """float arrays to float64 (the reference's precision); everything else unchanged."""
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        return a.astype(np.float64)
+    return a
+
+
+def to_torch(a, requires_grad=False):
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind == "f":
+            return torch.tensor(a.astype(np.float64), requires_grad=requires_grad)
+        if a.dtype.kind in "iu":
+            return torch.tensor(a.astype(np.int64))
+        if a.dtype.kind == "b":
+            return torch.tensor(a)
+    return a

@@ -18,5 +18,7 @@ def test_digits_mlp_reaches_95_percent_held_out():
 
 def test_diabetes_network_beats_the_constant_predictor():
     mape, rmse, base_mape, base_rmse = diabetes_regression.train(epochs=200)
-    assert rmse < 0.85 * base_rmse
-    assert mape < base_mape
+    # Diabetes is a noisy target (a linear model explains about half the variance): a clear margin
+    # over the constant predictor is what a working gradient buys.
+    assert rmse < 0.9 * base_rmse
+    assert mape < 0.85 * base_mape

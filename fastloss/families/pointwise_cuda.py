@@ -1,0 +1,432 @@
+"""CUDA twin of the pointwise family: the same drivers as :mod:`fastloss.families.pointwise`, for GPU arrays.
+
+The one-point functions are *not* rewritten here: the very functions of ``pointwise.POINT_FUNCTIONS``
+are compiled with ``cuda.jit(device=True)`` (``compile_point_functions``), with CUDA's ``exp``, ``log``
+and ``log1p``.
+
+One grid-stride kernel serves every loss. Each thread walks elements ``i, i + gridsize, ...``; per
+element it evaluates the loss ``f`` and its derivative ``d`` in float64, stores ``w * f`` for
+``reduction='none'`` and the gradient ``gscale * grad_output * w * d`` in the same pass, and adds ``w *
+f`` to a float64 running sum. The block's threads combine their sums in shared memory, each block leaves
+one partial, and one more block adds the partials in a fixed order: deterministic, no float atomics.
+
+Operands other than the input (target, weight, pos_weight) are *broadcast operands* ``(flat, q, p)`` as
+on the CPU: element ``i`` reads ``flat[(i // q) % p]``; ``p == 0`` marks an absent operand, read as its
+neutral value (target 0, weight and pos_weight 1).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float64, int64
+
+from .. import _cuda_arrays as D
+from .._cuda_arrays import TPB, incoming_at
+from .pointwise import compile_point_functions
+
+
+def _ieee(fn):
+    """``fn`` of NumPy float64, for the simulator: CUDA's exp/log return inf and -inf where Python's
+    ``math`` raises (log(0), exp(1000)); NumPy float64 gives the same IEEE results."""
+
+    def ieee(v):
+        with np.errstate(all="ignore"):
+            return fn(np.float64(v))
+
+    ieee.__name__ = fn.__name__
+    return ieee
+
+
+#: The elementary functions of the one-point maths on this target.
+ELEMENTARY = (
+    {"exp": _ieee(np.exp), "log": _ieee(np.log), "log1p": _ieee(np.log1p)} if D.SIMULATOR
+    else {"exp": math.exp, "log": math.log, "log1p": math.log1p}
+)
+
+#: The one-point functions of pointwise.py, compiled as CUDA device functions.
+P = compile_point_functions(cuda.jit(device=True), ELEMENTARY)
+
+block_sum, _ = D.block_reductions(globals())
+
+# Loss ids of the generic pass (a branch taken the same way by every thread of a launch).
+L1, MSE, SMOOTH_L1, HUBER, MAPE, BCE, BCE_LOGITS, KL_DIV, KL_DIV_LOG_TARGET = range(9)
+
+# How a gradient is divided by a denominator held on the device (den_buf[0]).
+NO_DEN, DIVIDE, DIVIDE_OR_ZERO = 0, 1, 2
+
+
+@cuda.jit(device=True)
+def operand(flat, q, p, i, absent):
+    """Element ``i`` of a broadcast operand ``(flat, q, p)`` in float64; ``absent`` when ``p == 0``."""
+    if p == 0:
+        return absent
+    return float64(flat[(i // q) % p])
+
+
+@cuda.jit(device=True)
+def point(kind, a, x, t, pw):
+    """``(loss, d loss / d x)`` of one element for loss ``kind`` (``a``: beta or delta)."""
+    if kind == L1:
+        return P.l1_point(x - t), P.l1_point_grad(x - t)
+    if kind == MSE:
+        return P.mse_point(x - t), P.mse_point_grad(x - t)
+    if kind == SMOOTH_L1:
+        return P.smooth_l1_point(x - t, a), P.smooth_l1_point_grad(x - t, a)
+    if kind == HUBER:
+        return P.huber_point(x - t, a), P.huber_point_grad(x - t, a)
+    if kind == MAPE:
+        return P.mape_point(x, t), P.mape_point_grad(x, t)
+    if kind == BCE:
+        return P.bce_point(x, t), P.bce_point_grad(x, t)
+    if kind == BCE_LOGITS:
+        return P.bce_logits_point(x, t, pw), P.bce_logits_point_grad(x, t, pw)
+    if kind == KL_DIV:
+        return P.kl_div_point(x, t), P.kl_div_point_grad(x, t)
+    return P.kl_div_log_target_point(x, t), P.kl_div_log_target_point_grad(x, t)
+
+
+@cuda.jit(device=True)
+def divided(g, den_buf, den_mode):
+    """``g / den_buf[0]`` (DIVIDE), or 0 where that denominator is 0 (DIVIDE_OR_ZERO: rmse's
+    subgradient), or ``g`` (NO_DEN)."""
+    if den_mode == NO_DEN:
+        return g
+    d = den_buf[0]
+    if den_mode == DIVIDE_OR_ZERO and d == 0.0:
+        return 0.0
+    return g / d
+
+
+@cuda.jit
+def _pointwise_pass(kind, a, x, t, tq, tp, w, wq, wp, pw, pwq, pwp, store, vout,
+                    want_grad, gscale, gs, gv, gstep, den_buf, den_mode, gout, parts):
+    """One fused pass of loss ``kind`` over the flat input ``x``.
+
+    ``store``: write ``w * f`` to ``vout`` (reduction='none'). ``want_grad``: write
+    ``gscale * grad_output_i * w * d`` (divided per ``den_mode``) to ``gout``, which may be ``x``
+    itself: each element is read before the same thread writes it. Leaves this block's float64 sum
+    of ``w * f`` in ``parts[blockIdx]``.
+    """
+    buf = cuda.shared.array(TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        wi = operand(w, wq, wp, i, 1.0)
+        f, d = point(kind, a, float64(x[i]), operand(t, tq, tp, i, 0.0), operand(pw, pwq, pwp, i, 1.0))
+        v = wi * f
+        acc += v
+        if store:
+            vout[i] = v
+        if want_grad:
+            gout[i] = divided(gscale * incoming_at(gs, gv, gstep, i) * wi * d, den_buf, den_mode)
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def _sum_pass(x, parts):
+    """Per-block float64 sums of the flat array ``x`` (the denominator sum(weight) of a weighted mean)."""
+    buf = cuda.shared.array(TPB, float64)
+    acc = 0.0
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        acc += float64(x[i])
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+
+
+# --------------------------------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------------------------------
+def _broadcast_operand(a, shape, like):
+    """``a`` (a device array broadcastable to ``shape``, or ``None``) as ``(flat, q, p)``: element i of
+    the flattened broadcast is ``flat[(i // q) % p]``; ``(like, 1, 0)`` for an absent operand.
+
+    Exact without a copy of the broadcast when the axes along which ``a`` varies are contiguous (a
+    full array, a scalar, ``(C,)`` against ``(N, C)``, ``(N, 1)`` against ``(N, C)``); any other
+    broadcast is materialised on the device.
+    """
+    if a is None:
+        return like, 1, 0
+    shape = tuple(shape)
+    a_shape = (1,) * (len(shape) - a.ndim) + tuple(a.shape)
+    varying = [k for k, (m, full) in enumerate(zip(a_shape, shape)) if m != 1 and full != 1]
+    if not varying:
+        flat = D.reshape(D.contiguous(a), (a.size,))
+        return (flat[:1], 1, 1) if a.size else (like, 1, 0)
+    first, last = varying[0], varying[-1]
+    if all(a_shape[k] == shape[k] for k in range(first, last + 1)):
+        block = D.reshape(D.contiguous(a), a_shape)[
+            tuple(slice(None) if first <= k <= last else slice(0, 1) for k in range(len(shape)))]
+        block = D.contiguous(block)
+        return D.reshape(block, (block.size,)), math.prod(shape[last + 1:]), math.prod(shape[first:last + 1])
+    full = D.contiguous(D.broadcast_to(a, shape))
+    return D.reshape(full, (full.size,)), 1, full.size
+
+
+def _weight_sum(w, like):
+    """float64 device buffer with ``sum(w)`` (w the same shape as the input)."""
+    wf = D.reshape(D.contiguous(w), (w.size,))
+    blocks = D.blocks_for(w.size)
+    parts = D.partial_buffer(blocks if w.size else 0, like)
+    if w.size:
+        D.launch(_sum_pass, blocks, like, wf, parts)
+    den = D.result_buffer(like, np.float64)
+    D.finish_sum(parts, den)
+    return den
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den with IEEE semantics (0 / 0 = NaN, x / 0 = +-inf), as torch's division."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(num) / np.float64(den))
+
+
+def _pass(kind, x, t, *, a=0.0, weight=None, pos_weight=None, vout=None, gout=None, gscale=0.0,
+          inc=None, den_buf=None, den_mode=NO_DEN):
+    """Launch the fused pass over the C-contiguous ``x``; returns the per-block partial sums.
+
+    ``vout``: per-element losses are stored there (reduction='none'); ``gout``: the gradient
+    ``gscale * grad_output * w * d`` (divided per ``den_mode`` by ``den_buf[0]``) is stored there.
+    """
+    n = x.size
+    xf = D.reshape(x, (n,))
+    blocks = D.blocks_for(n)
+    parts = D.partial_buffer(blocks if n else 0, x)
+    if not n:
+        return parts
+    inc = inc if inc is not None else D.Incoming(1.0, xf, -1)
+    D.launch(_pointwise_pass, blocks, x, kind, float(a), xf,
+             *_broadcast_operand(t, x.shape, xf), *_broadcast_operand(weight, x.shape, xf),
+             *_broadcast_operand(pos_weight, x.shape, xf),
+             vout is not None, D.reshape(vout, (n,)) if vout is not None else xf,
+             gout is not None, float(gscale), *inc.args(), den_buf if den_buf is not None else parts,
+             den_mode, D.reshape(gout, (n,)) if gout is not None else xf, parts)
+    return parts
+
+
+def _run(kind, x, t, reduction, grad, *, a=0.0, weight=None, pos_weight=None,
+         weighted_mean=False, batch=None, scale=1.0):
+    """Run the fused pass for one loss and shape its result as the API returns it.
+
+    As the CPU family's ``_run``: ``reduction`` 'none', 'sum', 'mean' (by n, or by sum(weight) when
+    ``weighted_mean``) or 'batchmean' (by ``batch``); ``scale`` multiplies the loss (the penalties'
+    lam); ``t`` may be ``None`` (the penalties' 0). Returns the value, or ``(value, (grad,))`` when
+    ``grad`` is a GradRequest.
+    """
+    x = D.contiguous(x)
+    shape = tuple(x.shape)
+    store = reduction == "none"
+    divisor, den_buf, den_mode = 1.0, None, NO_DEN
+    if reduction == "batchmean":
+        divisor = float(batch)
+    elif reduction == "mean" and weighted_mean:
+        den_buf, den_mode = _weight_sum(weight, x), DIVIDE
+    elif reduction == "mean":
+        divisor = float(x.size)
+    vout = D.empty(shape, x.dtype, x) if store else None
+    gout = grad.out_for(0, x) if grad is not None else None
+    inc = grad.incoming(shape if store else (), x) if grad is not None else None
+    parts = _pass(kind, x, t, a=a, weight=weight, pos_weight=pos_weight, vout=vout, gout=gout,
+                  gscale=_ratio(scale, divisor), inc=inc, den_buf=den_buf, den_mode=den_mode)
+    if store:
+        value = vout
+    else:
+        out = D.result_buffer(x)
+        D.finish_sum(parts, out, den=divisor, den_buf=den_buf, factor=scale)
+        value = D.scalar_view(out)
+    return value if grad is None else (value, (gout,))
+
+
+@D.on_input_device
+def l1(x, t, w, reduction, grad):
+    """l1_loss: ``w |x - t|``; weighted 'mean' is sum(w l) / sum(w), as torch 2.13."""
+    return _run(L1, x, t, reduction, grad, weight=w, weighted_mean=w is not None)
+
+
+@D.on_input_device
+def mse(x, t, w, reduction, grad):
+    """mse_loss: ``w (x - t)**2``; weighted 'mean' is sum(w l) / sum(w), as torch 2.13."""
+    return _run(MSE, x, t, reduction, grad, weight=w, weighted_mean=w is not None)
+
+
+@D.on_input_device
+def smooth_l1(x, t, reduction, beta, grad):
+    """smooth_l1_loss with threshold ``beta`` (beta = 0 is the L1 loss)."""
+    return _run(SMOOTH_L1, x, t, reduction, grad, a=beta)
+
+
+@D.on_input_device
+def huber(x, t, w, reduction, delta, grad):
+    """huber_loss with threshold ``delta``; weighted 'mean' is mean(w l), as torch 2.13."""
+    return _run(HUBER, x, t, reduction, grad, a=delta, weight=w)
+
+
+@D.on_input_device
+def mape(x, t, reduction, grad):
+    """mape_loss: ``|t - x| / max(|t|, eps)``."""
+    return _run(MAPE, x, t, reduction, grad)
+
+
+@D.on_input_device
+def rmse(x, t, grad):
+    """rmse_loss: ``sqrt(mean((x - t)**2))``, a 0-d result.
+
+    Two passes: the root (kept in a float64 device buffer), then the gradient
+    ``grad_output * (x - t) / (n * rmse)``, taken as 0 where rmse == 0 (the subgradient).
+    """
+    x = D.contiguous(x)
+    n = x.size
+    root = D.result_buffer(x, np.float64)
+    D.finish_sum(_pass(MSE, x, t), root, den=float(n), root=True)
+    value = D.scalar_view(D.astype(root, x.dtype))
+    if grad is None:
+        return value
+    # d sqrt(m) / dx_i = (2 r_i / n) / (2 sqrt(m)): MSE's derivative 2 r, times 1 / (2 n), over rmse
+    gout = grad.out_for(0, x)
+    _pass(MSE, x, t, gout=gout, gscale=_ratio(0.5, n), inc=grad.incoming((), x), den_buf=root,
+          den_mode=DIVIDE_OR_ZERO)
+    return value, (gout,)
+
+
+@D.on_input_device
+def bce(x, t, w, reduction, grad):
+    """binary_cross_entropy of probabilities ``x`` (logs clamped at -100); ``w`` broadcasts."""
+    return _run(BCE, x, t, reduction, grad, weight=w)
+
+
+@D.on_input_device
+def bce_logits(x, t, w, pos_weight, reduction, grad):
+    """binary_cross_entropy_with_logits; ``w`` and ``pos_weight`` broadcast to ``x``."""
+    return _run(BCE_LOGITS, x, t, reduction, grad, weight=w, pos_weight=pos_weight)
+
+
+@D.on_input_device
+def kl_div(x, t, reduction, log_target, grad):
+    """kl_div of log-probabilities ``x``; 'batchmean' divides the sum by ``x.shape[0]`` (1 for 0-d)."""
+    kind = KL_DIV_LOG_TARGET if log_target else KL_DIV
+    batch = x.shape[0] if x.ndim else 1
+    return _run(kind, x, t, reduction, grad, batch=batch)
+
+
+@D.on_input_device
+def penalty(w, lam, p, grad):
+    """``lam * sum(|w|)`` (p = 1) or ``lam / 2 * sum(w**2)`` (p = 2), with gradients ``lam sign(w)`` and
+    ``lam w``."""
+    if p == 1:
+        return _run(L1, w, None, "sum", grad, scale=lam)
+    return _run(MSE, w, None, "sum", grad, scale=0.5 * lam)
+
+
+# --------------------------------------------------------------------------------------------------
+# log_loss (scikit-learn's)
+# --------------------------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def clipped(v, eps):
+    """``clip(v, eps, 1 - eps)`` and whether the clip passes a gradient (``eps <= v <= 1 - eps``)."""
+    if v < eps:
+        return eps, False
+    if v > 1.0 - eps:
+        return 1.0 - eps, False
+    return v, True
+
+
+@cuda.jit
+def _log_loss_rows(p, k, binary, cls, s, has_s, eps, want_grad, gs, gv, gstep, den_buf, den_mode, gout, parts):
+    """``-s_r log(clip(P[r, y_r]))`` per row, P = ``p`` as ``(n, k)`` or, ``binary``, ``(1 - p, p)``.
+
+    The gradient flows to the true class's probability only: ``-g s_r / clip(P[r, y_r])`` where the
+    clip passes it (negated for the ``1 - p`` column of a binary ``p``); every other entry is 0.
+    """
+    buf = cuda.shared.array(TPB, float64)
+    acc = 0.0
+    rows = cls.shape[0]
+    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        c = int64(cls[r])
+        sr = float64(s[r]) if has_s else 1.0
+        if binary:
+            v = float64(p[r])
+            q, inside = clipped(v if c == 1 else 1.0 - v, eps)
+        else:
+            q, inside = clipped(float64(p[r * k + c]), eps)
+        acc += -sr * math.log(q)
+        if want_grad:
+            d = 0.0
+            if inside:
+                d = divided(-incoming_at(gs, gv, gstep, 0) * sr / q, den_buf, den_mode)
+            if binary:
+                gout[r] = d if c == 1 else -d
+            else:
+                for j in range(k):
+                    gout[r * k + j] = d if j == c else 0.0
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+
+
+def _class_indices(y_true, labels, n_columns):
+    """The class index of each ``y_true`` (sorted unique labels, or ``labels``), as scikit-learn.
+
+    The label set must be known on the host: ``y_true`` (labels, small next to the probabilities) is
+    copied there; the indices go back to the device.
+    """
+    yt = np.asarray(y_true.get() if D.is_cupy(y_true) else y_true.copy_to_host()).reshape(-1)
+    classes = np.unique(np.asarray(labels) if labels is not None else yt)
+    if classes.size != n_columns:
+        where = "labels" if labels is not None else "y_true"
+        raise ValueError(
+            f"y_true and y_pred contain different number of classes: {classes.size} in {where} vs "
+            f"{n_columns} columns of y_pred; pass the labels explicitly through the labels argument"
+        )
+    idx = np.searchsorted(classes, yt)
+    if yt.size and (idx.max() >= classes.size or np.any(classes[np.minimum(idx, classes.size - 1)] != yt)):
+        raise ValueError("y_true contains values not belonging to the passed labels")
+    if D.is_cupy(y_true):
+        return D._cupy().asarray(idx.astype(np.int64))
+    return cuda.to_device(idx.astype(np.int64))
+
+
+@D.on_input_device
+def log_loss(y_true, y_pred, normalize, sample_weight, labels, grad):
+    """scikit-learn 1.9's ``log_loss``: ``-sum_i s_i log(clip(p[i, y_i])) / sum_i s_i`` (the sum alone
+    when not ``normalize``), clipped to ``[eps, 1 - eps]`` with ``eps`` the dtype's machine epsilon;
+    a 1-D ``y_pred`` is the positive-class probability. Gradient with respect to ``y_pred``."""
+    x = D.contiguous(y_pred)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"y_pred must be (n,) or (n, k), got shape {tuple(x.shape)}")
+    binary = x.ndim == 1
+    n = int(x.shape[0])
+    k = 2 if binary else int(x.shape[1])
+    if y_true.size != n:
+        raise ValueError(f"y_true has {y_true.size} labels for {n} rows of y_pred")
+    lo_hi = D.value_range(x) if not D.is_cupy(x) else (float(x.min()), float(x.max())) if x.size else None
+    if lo_hi is not None and (lo_hi[0] < 0.0 or lo_hi[1] > 1.0):
+        bad = lo_hi[1] if lo_hi[1] > 1.0 else lo_hi[0]
+        raise ValueError(f"y_pred must hold probabilities in [0, 1], found {bad}")
+    cls = _class_indices(y_true, labels, k)
+    s = None
+    if sample_weight is not None:
+        s = D.reshape(D.contiguous(D.astype(sample_weight, x.dtype)), (sample_weight.size,))
+        if s.shape[0] != n:
+            raise ValueError(f"sample_weight has {s.shape[0]} values for {n} rows of y_pred")
+    den, den_buf, den_mode = 1.0, None, NO_DEN
+    if normalize and s is not None:
+        den_buf, den_mode = _weight_sum(s, x), DIVIDE
+    elif normalize:
+        den = float(n)
+    gout = grad.out_for(0, y_pred) if grad is not None else None
+    inc = grad.incoming((), x) if grad is not None else D.Incoming(1.0, x, -1)
+    xf = D.reshape(x, (x.size,))
+    blocks = D.blocks_for(n)
+    parts = D.partial_buffer(blocks if n else 0, x)
+    if n:
+        scale, gv, gstep = inc.args()
+        D.launch(_log_loss_rows, blocks, x, xf, k, binary, cls, s if s is not None else xf, s is not None,
+                 float(np.finfo(x.dtype).eps), grad is not None, _ratio(scale, den), gv, gstep,
+                 den_buf if den_buf is not None else parts, den_mode,
+                 D.reshape(gout, (gout.size,)) if gout is not None else xf, parts)
+    out = D.result_buffer(x)
+    D.finish_sum(parts, out, den=den, den_buf=den_buf)
+    value = D.scalar_view(out)
+    return value if grad is None else (value, (gout,))

@@ -39,7 +39,11 @@ class Case:
 
 
 class GradRequest:
-    """What :func:`value_and_grad` asks of a loss: the incoming gradient and optional output buffers."""
+    """What :func:`value_and_grad` asks of a loss: the incoming gradient and optional output buffers.
+
+    CPU drivers read the incoming gradient with :meth:`scalar` / :meth:`array`; CUDA drivers with
+    :meth:`incoming`, which keeps a device ``grad_output`` on the device. :meth:`out_for` serves both.
+    """
 
     __slots__ = ("grad_output", "out")
 
@@ -52,7 +56,7 @@ class GradRequest:
         g = self.grad_output
         if g is None:
             return 1.0
-        g = np.asarray(g)
+        g = np.asarray(_host_grad_output(g))
         if g.size != 1:
             raise ValueError(f"grad_output of shape {g.shape} does not fit the loss's shape ()")
         return float(g.reshape(()))
@@ -62,7 +66,7 @@ class GradRequest:
         g = self.grad_output
         if g is None:
             return np.ones((1,) * len(shape), dtype=dtype) if shape else np.ones((), dtype=dtype)
-        g = np.asarray(g, dtype=dtype)
+        g = np.asarray(_host_grad_output(g), dtype=dtype)
         try:
             return np.broadcast_to(g, tuple(shape))
         except ValueError:
@@ -81,6 +85,12 @@ class GradRequest:
             out = out[i] if i < len(out) else None
         elif i > 0:
             out = None
+        from ._dispatch import is_device_array
+
+        if is_device_array(like):
+            from . import _cuda_arrays
+
+            return _cuda_arrays.grad_buffer(out, like)
         if out is None:
             return np.empty(like.shape, dtype=like.dtype)
         if not isinstance(out, np.ndarray):
@@ -93,6 +103,26 @@ class GradRequest:
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
         return out
+
+    def incoming(self, shape, like):
+        """``grad_output`` for the CUDA kernels over device array ``like``, for a loss of ``shape``.
+
+        A :class:`fastloss._cuda_arrays.Incoming`: loss element ``i`` (C order) gets
+        ``scale * values[i * step]``, or ``scale`` when ``step < 0``; a device ``grad_output`` stays
+        on the device (no host synchronisation).
+        """
+        from . import _cuda_arrays
+
+        return _cuda_arrays.incoming(self.grad_output, shape, like)
+
+
+def _host_grad_output(g):
+    """``g`` itself unless it is a GPU array, which cannot be the incoming gradient of host inputs."""
+    from ._dispatch import is_device_array
+
+    if is_device_array(g):
+        raise TypeError("host and device arrays mixed: grad_output is on the GPU, the inputs on the host")
+    return g
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 All checks run before any kernel and never modify their arguments. They use only ``.shape`` and
 ``.dtype`` except where the values themselves must be checked (class indices, BCE's [0, 1] range); those
-use the array's own ``min``/``max`` so they work for NumPy and CuPy alike.
+use the array's own ``min``/``max`` so they work for NumPy and CuPy alike (Numba device arrays, which
+have neither, use a small reduction kernel of :mod:`fastloss._cuda_arrays`).
 """
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def as_float(name: str, a, dtype):
     dt = np.dtype(a.dtype)
     if dt.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {dt}")
-    return a if dt == dtype else a.astype(dtype)
+    if dt == dtype:
+        return a
+    dev = _numba_device_helpers(a)
+    return dev.astype(a, dtype) if dev is not None else a.astype(dtype)
 
 
 def same_shape(name1: str, a, name2: str, b) -> None:
@@ -70,6 +74,13 @@ def nonnegative(name: str, value) -> float:
     return value
 
 
+def positive(name: str, value) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
 def in_closed_unit(name: str, value) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
@@ -78,10 +89,26 @@ def in_closed_unit(name: str, value) -> float:
 
 
 def values_in_unit_interval(name: str, a) -> None:
-    """BCE's input: every value in [0, 1] (NaN passes and propagates, as in PyTorch)."""
+    """BCE's input and target: every value in [0, 1]. NaN passes and propagates (SPEC: NaN in the data is
+    never an error), although PyTorch's BCE kernel refuses it."""
     if a.size == 0:
         return
-    lo, hi = float(a.min()), float(a.max())
+    dev = _numba_device_helpers(a)
+    if isinstance(a, np.ndarray):
+        # One parallel Numba pass counting the values outside [0, 1] (NaN not counted) instead of
+        # min(), max() and a NaN-filtering copy: this check runs on every BCE call.
+        from .families.pointwise import values_outside_unit_interval
+
+        if not values_outside_unit_interval(a):
+            return
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    elif dev is not None:
+        lo_hi = dev.value_range(a)  # of the non-NaN values
+        if lo_hi is None:
+            return
+        lo, hi = lo_hi
+    else:
+        lo, hi = float(a.min()), float(a.max())
     # NaN makes min/max NaN; test the non-NaN values then (NaN is data, not an error).
     if lo != lo or hi != hi:
         xp = _namespace(a)
@@ -102,6 +129,15 @@ def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
         raise TypeError(f"{name} of class indices must be an integer array, got dtype {dt}")
     if target.size == 0:
         return
+    dev = _numba_device_helpers(target)
+    if dev is not None:
+        lo, hi = dev.value_range(target)
+        if 0 <= lo and hi < n_classes:
+            return
+        value = dev.first_outside(target, 0, n_classes, ignore_index)
+        if value is not None:
+            raise IndexError(f"{name} {value} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
+        return
     lo, hi = int(target.min()), int(target.max())
     if 0 <= lo and hi < n_classes:
         return
@@ -111,6 +147,21 @@ def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
     if bool(bad.any()):
         value = int(target[bad].ravel()[0])
         raise IndexError(f"{name} {value} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
+
+
+def _numba_device_helpers(a):
+    """:mod:`fastloss._cuda_arrays` for Numba device arrays (also the CUDA simulator's), which have no
+    ``astype``/``min``/``max`` of their own; ``None`` for NumPy and CuPy arrays. Imports nothing for
+    host arrays."""
+    if isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] == "cupy":
+        return None
+    from ._dispatch import is_device_array
+
+    if not is_device_array(a):
+        return None
+    from . import _cuda_arrays
+
+    return _cuda_arrays
 
 
 def _namespace(a):

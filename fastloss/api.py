@@ -88,14 +88,15 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, _grad
 
     With ``r = input - target``: ``l = 0.5 * r**2`` where ``|r| < delta``, else
     ``delta * (|r| - 0.5 * delta)``, times ``weight``; ``'mean'`` is ``mean(w * l)`` (not divided by
-    ``sum(w)``: PyTorch 2.13's convention for this loss). ``delta`` must be non-negative.
+    ``sum(w)``: PyTorch 2.13's convention for this loss). ``delta`` must be positive (``ValueError``;
+    PyTorch refuses 0 as well).
 
     >>> import numpy as np, fastloss as fl
     >>> float(fl.huber_loss(np.array([0.5, 3.0]), np.zeros(2)))
     1.3125
     """
     V.reduction(reduction)
-    delta = V.nonnegative("delta", delta)
+    delta = V.positive("delta", V.nonnegative("delta", delta))  # torch refuses 0 as well as negatives
     be, (x, t, w) = prepare(input=input, target=target, weight=weight)
     x, t, w = V.pointwise(x, t, w)
     return family(be, _PW).huber(x, t, w, reduction, delta, _grad)
@@ -141,7 +142,8 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", *, _grad=
     """Binary cross entropy of probabilities.
 
     ``l = -w * (t * log(x) + (1 - t) * log(1 - x))`` with each log clamped below at -100, as PyTorch.
-    ``input`` must lie in [0, 1] (``ValueError``; NaN propagates); ``weight`` broadcasts to ``input``.
+    ``input`` and ``target`` must lie in [0, 1] (``ValueError``, as PyTorch; NaN is not an error and
+    propagates); ``weight`` broadcasts to ``input``.
     The gradient is ``w * (x - t) / max((1 - x) * x, 1e-12)``, PyTorch's backward.
 
     >>> import numpy as np, fastloss as fl
@@ -152,6 +154,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", *, _grad=
     be, (x, t, w) = prepare(input=input, target=target, weight=weight)
     x, t, w = V.pointwise(x, t, w, weight="broadcast")
     V.values_in_unit_interval("input", x)
+    V.values_in_unit_interval("target", t)  # PyTorch refuses targets outside [0, 1] too
     return family(be, _PW).bce(x, t, w, reduction, _grad)
 
 
@@ -165,7 +168,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.binary_cross_entropy_with_logits(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
-    0.220049
+    0.220095
     """
     V.reduction(reduction)
     be, (x, t, w, pw) = prepare(input=input, target=target, weight=weight, pos_weight=pos_weight)
@@ -199,11 +202,13 @@ def log_loss(y_true, y_pred, *, normalize=True, sample_weight=None, labels=None,
     """Log loss (cross entropy of predicted probabilities), as ``sklearn.metrics.log_loss``.
 
     ``y_true``: labels of shape ``(n,)`` (any type ``numpy.unique`` orders); ``y_pred``: probabilities
-    ``(n, k)``, or ``(n,)`` for the positive class of a binary problem. Probabilities are clipped to
-    ``[eps, 1 - eps]`` (``eps`` the dtype's machine epsilon) and each row is renormalised to sum to 1,
-    as scikit-learn; ``loss = -sum_i s_i * log(p[i, y_i]) / sum_i s_i`` (the sum alone when
-    ``normalize=False``). The gradient is taken with respect to ``y_pred`` through the clip and the
-    renormalisation.
+    ``(n, k)``, or ``(n,)`` for the positive class of a binary problem (columns in the order of the
+    sorted labels). Probabilities are clipped to ``[eps, 1 - eps]`` (``eps`` the dtype's machine
+    epsilon) and, as scikit-learn 1.9, not renormalised: rows that do not sum to 1 only warn
+    (``UserWarning``). ``loss = -sum_i s_i * log(p[i, y_i]) / sum_i s_i`` (the sum alone when
+    ``normalize=False``). ``y_pred`` outside [0, 1] or not finite, inconsistent lengths, a single
+    class, or labels missing from ``labels`` are a ``ValueError``. The gradient with respect to
+    ``y_pred`` is ``-s_i / (S p[i, y_i])`` at the true class, 0 elsewhere and where the clip is active.
 
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.log_loss([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]))), 6)
@@ -313,15 +318,24 @@ def _axis(axis, ndim: int) -> int:
 # --------------------------------------------------------------------------------------------------
 @loss(diff=("input1", "input2"), family="ranking")
 def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
-    """``l = max(0, -target * (input1 - input2) + margin)``; ``target`` holds 1 or -1.
+    """``l = max(0, -target * (input1 - input2) + margin)``; ``target`` holds 1 or -1 (any other value
+    simply scales the difference, as in PyTorch).
 
-    ``input1``, ``input2`` and ``target`` share one shape. Gradients for ``(input1, input2)``.
+    ``input1``, ``input2`` and ``target`` share one shape, any number of dimensions (PyTorch broadcasts
+    equal-rank shapes; fastloss refuses unequal shapes). The loss's dtype is PyTorch's promotion of the
+    inputs and of a float ``target`` (float32 inputs with a float64 target give float64); each gradient,
+    for ``(input1, input2)``, has its input's dtype. The gradient at ``l``'s kink (argument exactly 0) is
+    passed through, as PyTorch's ``clamp_min``.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.margin_ranking_loss(np.array([1.0, 2.0]), np.array([2.0, 0.0]), np.array([1.0, 1.0])))
+    0.5
     """
     V.reduction(reduction)
     be, (x1, x2, y) = prepare(input1=input1, input2=input2, target=target)
     dt = V.common_float(input1=x1, input2=x2)
-    x1, x2 = V.as_float("input1", x1, dt), V.as_float("input2", x2, dt)
-    y = V.as_float("target", y, dt)
+    # A float target takes part in the promotion; integer and boolean targets take the inputs' dtype.
+    y = V.as_float("target", y, y.dtype if y.dtype.kind == "f" else dt)
     V.same_shape("input1", x1, "input2", x2)
     V.same_shape("input1", x1, "target", y)
     return family(be, "ranking").margin_ranking(x1, x2, y, float(margin), reduction, _grad)
@@ -330,7 +344,13 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *,
 @loss(diff=("input",), family="ranking")
 def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, _grad=None):
     """``l = x`` where ``target == 1``, ``max(0, margin - x)`` where ``target == -1`` (PyTorch adds both
-    terms for any other target value). ``input`` and ``target`` share one shape."""
+    terms for any other target value). ``input`` and ``target`` share one shape, any number of
+    dimensions; ``'mean'`` averages over every element.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.hinge_embedding_loss(np.array([0.3, 2.0]), np.array([-1.0, 1.0]), reduction='sum'))
+    2.7
+    """
     V.reduction(reduction)
     be, (x, y) = prepare(input=input, target=target)
     x, y, _ = V.pointwise(x, y)
@@ -339,15 +359,21 @@ def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, _grad=N
 
 @loss(diff=("input1", "input2"), family="ranking")
 def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
-    """With ``cos = <x1, x2> / sqrt((|x1|^2 + 1e-12) * (|x2|^2 + 1e-12))`` per row:
+    """With ``cos = <x1, x2> / sqrt((|x1|^2 + e) * (|x2|^2 + e))`` per row:
     ``l = 1 - cos`` where ``target == 1``, ``max(0, cos - margin)`` where ``target == -1``.
 
-    ``input1``, ``input2``: ``(N, D)`` or ``(D,)``; ``target``: ``(N,)`` or ``()``.
+    ``e`` is PyTorch's ``EPSILON``, ``1e-12`` as a float32 constant (``9.99999996e-13``) in every
+    dtype. Any other target gives 0 (PyTorch's ``where``). ``input1``, ``input2``: ``(N, D)`` or ``(D,)``;
+    ``target``: ``(N,)`` or ``()``. The loss has PyTorch's promotion of the inputs' dtypes, each gradient
+    its input's dtype.
+
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.cosine_embedding_loss(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), np.array([1])))
+    1.0
     """
     V.reduction(reduction)
     be, (x1, x2, y) = prepare(input1=input1, input2=input2, target=target)
     dt = V.common_float(input1=x1, input2=x2)
-    x1, x2 = V.as_float("input1", x1, dt), V.as_float("input2", x2, dt)
     V.same_shape("input1", x1, "input2", x2)
     if x1.ndim not in (1, 2):
         raise ValueError(f"input1 and input2 must be (N, D) or (D,), got {tuple(x1.shape)}")
@@ -362,22 +388,32 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", 
 
 @loss(diff=("anchor", "positive", "negative"), family="triplet")
 def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction="mean", *, _grad=None):
-    """``l = max(0, d(a, p) - d(a, n) + margin)`` with ``d(x, y) = ||x - y + eps||_p`` per row;
-    with ``swap=True``, ``d(a, n)`` is replaced by ``min(d(a, n), d(p, n))``.
+    """``l = max(0, d(a, p) - d(a, n) + margin)`` with ``d(x, y) = ||x - y + eps||_p`` over the last
+    axis (eps is added to the difference, as ``torch.pairwise_distance``); with ``swap=True``,
+    ``d(a, n)`` is replaced by ``min(d(a, n), d(p, n))``.
 
-    ``anchor``, ``positive``, ``negative``: ``(N, D)`` or ``(D,)``. ``margin`` must be non-negative and
-    ``p`` positive (``ValueError``).
+    ``anchor``, ``positive``, ``negative`` share one shape: ``(N, D)``, ``(D,)`` or any other (the loss
+    has the shape without the last axis), as PyTorch. ``margin`` must be positive (``ValueError``, as
+    PyTorch 2.13). ``p`` is any positive order, ``inf`` included (the largest ``|difference|``, which
+    needs ``D > 0``); ``p <= 0``, which PyTorch's vector norm would also take, is a ``ValueError``.
+    Gradients at kinks are PyTorch's: passed through at ``l``'s kink, 0 where a distance is 0, shared
+    among the elements attaining the max for ``p = inf``, halved between ``d(a, n)`` and ``d(p, n)`` at
+    a swap tie.
+
+    >>> import numpy as np, fastloss as fl
+    >>> a, p, n = np.zeros((1, 2)), np.array([[3.0, 4.0]]), np.array([[6.0, 8.0]])
+    >>> round(float(fl.triplet_margin_loss(a, p, n, margin=6.0, eps=0.0)), 6)
+    1.0
     """
     V.reduction(reduction)
-    margin = V.nonnegative("margin", margin)
+    margin = V.positive("margin", margin)
     p = float(p)
     if not p > 0:
         raise ValueError(f"p must be positive, got {p}")
     be, (a, po, n) = prepare(anchor=anchor, positive=positive, negative=negative)
-    dt = V.common_float(anchor=a, positive=po, negative=n)
-    a, po, n = (V.as_float(k, v, dt) for k, v in (("anchor", a), ("positive", po), ("negative", n)))
+    V.common_float(anchor=a, positive=po, negative=n)
     V.same_shape("anchor", a, "positive", po)
     V.same_shape("anchor", a, "negative", n)
-    if a.ndim not in (1, 2):
-        raise ValueError(f"anchor, positive and negative must be (N, D) or (D,), got {tuple(a.shape)}")
+    if p == float("inf") and a.ndim and tuple(a.shape)[-1] == 0:  # tuple(): device shapes refuse [-1]
+        raise ValueError(f"the p=inf norm of an empty last axis is undefined (anchor of shape {tuple(a.shape)})")
     return family(be, "triplet").triplet_margin(a, po, n, margin, p, float(eps), bool(swap), reduction, _grad)

@@ -19,11 +19,10 @@ from numba import cuda, float64
 
 from .. import _cuda_arrays as D
 from .._cuda_arrays import TPB, incoming_at
+from .ranking import COSINE_EPS  # torch's float32 EPSILON: one definition for both backends
 
 block_sum, _ = D.block_reductions(globals())
 
-#: torch's EPSILON added to each squared norm in cosine_embedding_loss (aten/src/ATen/native/Loss.cpp).
-COSINE_EPS = 1e-12
 # Kinds of the element-wise kernel.
 MARGIN_RANKING, HINGE_EMBEDDING = 0, 1
 

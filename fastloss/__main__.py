@@ -1,0 +1,40 @@
+"""The ``fastloss`` command (also ``python -m fastloss``).
+
+``fastloss bench [options]`` measures every loss on this machine; see :mod:`fastloss.bench` and
+``fastloss bench --help``. Bad arguments print a message and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__, bench
+
+    parser = argparse.ArgumentParser(prog="fastloss", description="fastloss command-line tools")
+    parser.add_argument("--version", action="version", version=f"fastloss {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench_parser = commands.add_parser(
+        "bench",
+        help="time every loss against the memory bandwidth, the float64 reference and PyTorch",
+        description="Measure the memory bandwidth, then time every loss (value, and value and "
+                    "gradient) beside its float64 NumPy reference and PyTorch CPU, and print a table.",
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(run=bench.main, parser=bench_parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return args.run(args, args.parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,7 +59,6 @@ def same_shape(name1: str, a, name2: str, b) -> None:
 
 def broadcastable(name: str, a, shape, to: str = "input") -> None:
     try:
-        np.broadcast_shapes(tuple(a.shape), tuple(shape))
         ok = np.broadcast_shapes(tuple(a.shape), tuple(shape)) == tuple(shape)
     except ValueError:
         ok = False

@@ -24,7 +24,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -180,7 +180,7 @@ def _spec_of(f) -> LossSpec:
     return spec
 
 
-def value_and_grad(f):
+def value_and_grad(f: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
     """Return a function computing ``(loss, grads)`` of the fastloss loss ``f`` in one fused pass.
 
     The returned function has ``f``'s signature plus two keywords:
@@ -214,7 +214,7 @@ def value_and_grad(f):
     return vg
 
 
-def grad(f):
+def grad(f: Callable[..., Any]) -> Callable[..., Any]:
     """Like :func:`value_and_grad`, returning the gradient(s) alone."""
     vg = value_and_grad(f)
 
@@ -226,6 +226,6 @@ def grad(f):
     return g
 
 
-def losses() -> list:
+def losses() -> list[str]:
     """Names of every registered loss, sorted."""
     return sorted(REGISTRY)

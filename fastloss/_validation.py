@@ -188,6 +188,18 @@ def pointwise(x, t, w=None, *, weight: str = "same", names=("input", "target", "
     return x, t, w
 
 
+def _float_target_message(x, t, want) -> str:
+    """Why a float target of the wrong shape was refused: float targets are class probabilities of
+    ``input``'s shape; a float array of the index shape is most likely class indices stored as floats."""
+    got, shape = tuple(t.shape), tuple(x.shape)
+    if got == want:
+        return (f"target of dtype {np.dtype(t.dtype)} and shape {got} looks like class indices stored as floats: "
+                f"class indices must be integers (convert with target.astype(numpy.int64)); a float target "
+                f"holds class probabilities and must have input's shape {shape}")
+    return (f"a float target holds class probabilities and must have input's shape {shape}, got target {got} "
+            f"(class indices must be an integer array of shape {want})")
+
+
 def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True):
     """Check ``(input, target, weight)`` of ``cross_entropy``/``nll_loss``; classes on axis 1.
 
@@ -200,16 +212,20 @@ def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True)
         raise ValueError("input must have at least 1 dimension (classes), got a 0-d array")
     n_classes = x.shape[0] if x.ndim == 1 else x.shape[1]
     tdt = np.dtype(t.dtype)
+    want = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
     if tdt.kind == "f" and probabilities_allowed:
-        same_shape("input", x, "target", t)
+        if tuple(t.shape) != tuple(x.shape):
+            raise ValueError(_float_target_message(x, t, want))
         t = as_float("target", t, x.dtype)
     else:
         if tdt.kind not in "iu":
+            if tdt.kind == "f":  # nll_loss: class indices only
+                raise TypeError(f"target holds class indices, which must be integers, got dtype {tdt}: "
+                                f"convert it with target.astype(numpy.int64)")
             raise TypeError(
                 f"target must hold integer class indices{' or float probabilities' if probabilities_allowed else ''}, "
                 f"got dtype {tdt}"
             )
-        want = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
         if tuple(t.shape) != want:
             raise ValueError(
                 f"input of shape {tuple(x.shape)} needs class-index target of shape {want}, "

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from . import _validation as V
 from ._dispatch import family, prepare
-from ._registry import loss
+from ._registry import GradRequest, loss
+from ._typing import Array, ArrayIn
 
 __all__ = [
     "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "mape_loss", "rmse_loss",
@@ -29,7 +30,10 @@ _PW = "pointwise"
 # Regression (pointwise)
 # --------------------------------------------------------------------------------------------------
 @loss(diff=("input",), family=_PW)
-def l1_loss(input, target, reduction="mean", weight=None, *, _grad=None):
+def l1_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", weight: ArrayIn | None = None, *,
+    _grad: GradRequest | None = None
+) -> Array:
     """Mean absolute error.
 
     ``l_i = w_i * |input_i - target_i|``; ``'mean'`` is ``sum(l) / sum(w)`` (``sum(l) / n`` without
@@ -47,7 +51,10 @@ def l1_loss(input, target, reduction="mean", weight=None, *, _grad=None):
 
 
 @loss(diff=("input",), family=_PW)
-def mse_loss(input, target, reduction="mean", weight=None, *, _grad=None):
+def mse_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", weight: ArrayIn | None = None, *,
+    _grad: GradRequest | None = None
+) -> Array:
     """Mean squared error.
 
     ``l_i = w_i * (input_i - target_i)**2``; ``'mean'`` is ``sum(l) / sum(w)`` (``sum(l) / n`` without
@@ -64,7 +71,10 @@ def mse_loss(input, target, reduction="mean", weight=None, *, _grad=None):
 
 
 @loss(diff=("input",), family=_PW)
-def smooth_l1_loss(input, target, reduction="mean", beta=1.0, *, _grad=None):
+def smooth_l1_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", beta: float = 1.0, *,
+    _grad: GradRequest | None = None
+) -> Array:
     """Smooth L1 loss.
 
     With ``r = input - target``: ``l = 0.5 * r**2 / beta`` where ``|r| < beta``, else
@@ -83,7 +93,10 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0, *, _grad=None):
 
 
 @loss(diff=("input",), family=_PW)
-def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, _grad=None):
+def huber_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", delta: float = 1.0,
+    weight: ArrayIn | None = None, *, _grad: GradRequest | None = None
+) -> Array:
     """Huber loss.
 
     With ``r = input - target``: ``l = 0.5 * r**2`` where ``|r| < delta``, else
@@ -103,7 +116,9 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, _grad
 
 
 @loss(diff=("input",), family=_PW)
-def mape_loss(input, target, reduction="mean", *, _grad=None):
+def mape_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
     """Mean absolute percentage error, as a fraction (not percent).
 
     ``l_i = |target_i - input_i| / max(|target_i|, eps)`` with ``eps`` float64's machine epsilon
@@ -120,7 +135,7 @@ def mape_loss(input, target, reduction="mean", *, _grad=None):
 
 
 @loss(diff=("input",), family=_PW)
-def rmse_loss(input, target, *, _grad=None):
+def rmse_loss(input: ArrayIn, target: ArrayIn, *, _grad: GradRequest | None = None) -> Array:
     """Root mean squared error, ``sqrt(mse_loss(input, target))``; a 0-d result.
 
     Its gradient at a zero error is 0 (the subgradient), not NaN.
@@ -138,7 +153,10 @@ def rmse_loss(input, target, *, _grad=None):
 # Probabilistic (pointwise)
 # --------------------------------------------------------------------------------------------------
 @loss(diff=("input",), family=_PW)
-def binary_cross_entropy(input, target, weight=None, reduction="mean", *, _grad=None):
+def binary_cross_entropy(
+    input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, reduction: str = "mean", *,
+    _grad: GradRequest | None = None
+) -> Array:
     """Binary cross entropy of probabilities.
 
     ``l = -w * (t * log(x) + (1 - t) * log(1 - x))`` with each log clamped below at -100, as PyTorch.
@@ -159,7 +177,10 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", *, _grad=
 
 
 @loss(diff=("input",), family=_PW)
-def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None, *, _grad=None):
+def binary_cross_entropy_with_logits(
+    input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, reduction: str = "mean",
+    pos_weight: ArrayIn | None = None, *, _grad: GradRequest | None = None
+) -> Array:
     """Binary cross entropy of logits, computed stably.
 
     ``l = -w * (p * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x)))`` with ``p = pos_weight``
@@ -180,7 +201,10 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 
 
 @loss(diff=("input",), family=_PW)
-def kl_div(input, target, reduction="mean", log_target=False, *, _grad=None):
+def kl_div(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", log_target: bool = False, *,
+    _grad: GradRequest | None = None
+) -> Array:
     """Kullback-Leibler divergence; ``input`` holds log-probabilities.
 
     ``l = t * (log(t) - input)`` (0 where ``t == 0``), or with ``log_target=True``,
@@ -198,7 +222,10 @@ def kl_div(input, target, reduction="mean", log_target=False, *, _grad=None):
 
 
 @loss(diff=("y_pred",), family=_PW)
-def log_loss(y_true, y_pred, *, normalize=True, sample_weight=None, labels=None, _grad=None):
+def log_loss(
+    y_true: ArrayIn, y_pred: ArrayIn, *, normalize: bool = True, sample_weight: ArrayIn | None = None,
+    labels: ArrayIn | None = None, _grad: GradRequest | None = None
+) -> Array:
     """Log loss (cross entropy of predicted probabilities), as ``sklearn.metrics.log_loss``.
 
     ``y_true``: labels of shape ``(n,)`` (any type ``numpy.unique`` orders); ``y_pred``: probabilities
@@ -220,7 +247,7 @@ def log_loss(y_true, y_pred, *, normalize=True, sample_weight=None, labels=None,
 
 
 @loss(diff=("w",), family=_PW)
-def l1_penalty(w, lam=1.0, *, _grad=None):
+def l1_penalty(w: ArrayIn, lam: float = 1.0, *, _grad: GradRequest | None = None) -> Array:
     """L1 regularisation term ``lam * sum(|w|)`` (0-d); its gradient is ``lam * sign(w)``."""
     be, (w_,) = prepare(w=w)
     V.prediction("w", w_)
@@ -228,7 +255,7 @@ def l1_penalty(w, lam=1.0, *, _grad=None):
 
 
 @loss(diff=("w",), family=_PW)
-def l2_penalty(w, lam=1.0, *, _grad=None):
+def l2_penalty(w: ArrayIn, lam: float = 1.0, *, _grad: GradRequest | None = None) -> Array:
     """L2 regularisation term ``lam / 2 * sum(w**2)`` (0-d); its gradient is ``lam * w``."""
     be, (w_,) = prepare(w=w)
     V.prediction("w", w_)
@@ -239,36 +266,45 @@ def l2_penalty(w, lam=1.0, *, _grad=None):
 # Classification (softmax family)
 # --------------------------------------------------------------------------------------------------
 @loss(diff=("input",), family="softmax")
-def log_softmax(input, axis=-1, *, _grad=None):
+def log_softmax(
+    input: ArrayIn, axis: int | None = None, *, dim: int | None = None, _grad: GradRequest | None = None
+) -> Array:
     """``log_softmax(x)_j = x_j - max(x) - log(sum_k exp(x_k - max(x)))`` along ``axis``.
 
-    Never overflows; the output has ``input``'s shape and dtype. The gradient (vector-Jacobian product
+    ``axis`` defaults to the last; ``dim`` is accepted as its PyTorch name (``TypeError`` if both are
+    given). Never overflows; the output has ``input``'s shape and dtype. The gradient (vector-Jacobian product
     with ``grad_output`` ``g``) is ``g - softmax(x) * sum(g)`` along ``axis``.
     """
     be, (x,) = prepare(input=input)
     V.prediction("input", x)
     if x.ndim == 0:
         raise ValueError("input must have at least 1 dimension, got a 0-d array")
-    axis = _axis(axis, x.ndim)
+    axis = _axis(_axis_or_dim(axis, dim), x.ndim)
     return family(be, "softmax").log_softmax(x, axis, _grad)
 
 
 @loss(diff=("input",), family="softmax")
-def softmax(input, axis=-1, *, _grad=None):
+def softmax(
+    input: ArrayIn, axis: int | None = None, *, dim: int | None = None, _grad: GradRequest | None = None
+) -> Array:
     """``softmax(x)_j = exp(x_j - max(x)) / sum_k exp(x_k - max(x))`` along ``axis``.
 
-    The gradient (vector-Jacobian product with ``grad_output`` ``g``) is ``p * (g - sum(g * p))``.
+    ``axis`` defaults to the last; ``dim`` is accepted as its PyTorch name (``TypeError`` if both are
+    given). The gradient (vector-Jacobian product with ``grad_output`` ``g``) is ``p * (g - sum(g * p))``.
     """
     be, (x,) = prepare(input=input)
     V.prediction("input", x)
     if x.ndim == 0:
         raise ValueError("input must have at least 1 dimension, got a 0-d array")
-    axis = _axis(axis, x.ndim)
+    axis = _axis(_axis_or_dim(axis, dim), x.ndim)
     return family(be, "softmax").softmax(x, axis, _grad)
 
 
 @loss(diff=("input",), family="softmax")
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, _grad=None):
+def nll_loss(
+    input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, ignore_index: int = -100,
+    reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
     """Negative log-likelihood of log-probabilities ``input``; classes on axis 1.
 
     ``l_i = -w[t_i] * input[i, t_i]`` (0 where ``t_i == ignore_index``); ``'mean'`` is
@@ -283,7 +319,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
 
 
 @loss(diff=("input",), family="softmax")
-def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *, _grad=None):
+def cross_entropy(
+    input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, ignore_index: int = -100,
+    reduction: str = "mean", label_smoothing: float = 0.0, *, _grad: GradRequest | None = None
+) -> Array:
     """Cross entropy of logits ``input`` (log-softmax and NLL fused); classes on axis 1.
 
     Index targets: ``l_i = -(1 - e) * w[t_i] * logp[i, t_i] - e / C * sum_c w[c] * logp[i, c]`` with
@@ -306,6 +345,15 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     return family(be, "softmax").cross_entropy(x, t, w, int(ignore_index), reduction, ls, _grad)
 
 
+def _axis_or_dim(axis, dim) -> int:
+    """``axis``, or PyTorch's name for it, ``dim``; -1 when neither is given (``TypeError`` for both)."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError("give axis or dim (its PyTorch name), not both")
+        return dim
+    return -1 if axis is None else axis
+
+
 def _axis(axis, ndim: int) -> int:
     axis = int(axis)
     if not -ndim <= axis < ndim:
@@ -317,7 +365,10 @@ def _axis(axis, ndim: int) -> int:
 # Ranking, embedding and triplet losses (Cython kernels)
 # --------------------------------------------------------------------------------------------------
 @loss(diff=("input1", "input2"), family="ranking")
-def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
+def margin_ranking_loss(
+    input1: ArrayIn, input2: ArrayIn, target: ArrayIn, margin: float = 0.0, reduction: str = "mean", *,
+    _grad: GradRequest | None = None
+) -> Array:
     """``l = max(0, -target * (input1 - input2) + margin)``; ``target`` holds 1 or -1 (any other value
     simply scales the difference, as in PyTorch).
 
@@ -342,7 +393,10 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *,
 
 
 @loss(diff=("input",), family="ranking")
-def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, _grad=None):
+def hinge_embedding_loss(
+    input: ArrayIn, target: ArrayIn, margin: float = 1.0, reduction: str = "mean", *,
+    _grad: GradRequest | None = None
+) -> Array:
     """``l = x`` where ``target == 1``, ``max(0, margin - x)`` where ``target == -1`` (PyTorch adds both
     terms for any other target value). ``input`` and ``target`` share one shape, any number of
     dimensions; ``'mean'`` averages over every element.
@@ -358,7 +412,10 @@ def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, _grad=N
 
 
 @loss(diff=("input1", "input2"), family="ranking")
-def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", *, _grad=None):
+def cosine_embedding_loss(
+    input1: ArrayIn, input2: ArrayIn, target: ArrayIn, margin: float = 0.0, reduction: str = "mean", *,
+    _grad: GradRequest | None = None
+) -> Array:
     """With ``cos = <x1, x2> / sqrt((|x1|^2 + e) * (|x2|^2 + e))`` per row:
     ``l = 1 - cos`` where ``target == 1``, ``max(0, cos - margin)`` where ``target == -1``.
 
@@ -387,7 +444,10 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", 
 
 
 @loss(diff=("anchor", "positive", "negative"), family="triplet")
-def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction="mean", *, _grad=None):
+def triplet_margin_loss(
+    anchor: ArrayIn, positive: ArrayIn, negative: ArrayIn, margin: float = 1.0, p: float = 2.0,
+    eps: float = 1e-6, swap: bool = False, reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
     """``l = max(0, d(a, p) - d(a, n) + margin)`` with ``d(x, y) = ||x - y + eps||_p`` over the last
     axis (eps is added to the difference, as ``torch.pairwise_distance``); with ``swap=True``,
     ``d(a, n)`` is replaced by ``min(d(a, n), d(p, n))``.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -26,14 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status after the reader of our output went away (``fastloss bench | head``): what a shell
+#: reports for a process ended by SIGPIPE, 128 + 13, as ``cat`` or ``yes`` would end.
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv=None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status.
+
+    A closed standard output (the reader of a pipe exited) ends the command quietly with
+    :data:`BROKEN_PIPE_STATUS`, the Unix convention, instead of a ``BrokenPipeError`` traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.run(args, args.parser)
+    try:
+        return args.run(args, args.parser)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would complain once more: point it at devnull.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout replaced by an object without a descriptor (tests)
+            pass
+        return BROKEN_PIPE_STATUS
 
 
 if __name__ == "__main__":

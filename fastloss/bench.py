@@ -4,63 +4,73 @@ What it does, in order:
 
 1. Measures the machine's memory bandwidth with two Numba kernels (parallel, on fastloss's threads): a
    *read* pass (the sum of a float64 array) and a STREAM *triad* pass (``a = b + s * c``, counted as
-   three arrays moved, as STREAM does), over 256 MiB and 3 x 128 MiB. The best of a few repeats is the
-   bandwidth: it is what the machine can do, and every loss is compared with it.
+   three arrays moved, as STREAM does), over 256 MiB and 3 x 128 MiB; a few times at the start, then
+   once more after every loss. The best measurement is the bandwidth: what the machine can do, and
+   every loss is compared with it. Measurements that disagree by more than :data:`NOISE_LIMIT` (20 %)
+   mark the run as *noisy*: something else used the machine, and the table and the JSON say so.
 2. For each loss of the registry (``fastloss._registry.REGISTRY``) and each dtype, builds one realistic
    input with the family's ``BENCH[name](rng, dtype, size)``, compiles (one untimed call of the value
-   and of ``value_and_grad``: the JIT warm-up), then times, as the median of repeats:
+   and of ``value_and_grad``: the JIT warm-up), then times, *interleaved* (fastloss, peer, peer,
+   fastloss, ... in rounds: :func:`time_interleaved`) so that load from elsewhere falls on all alike:
 
-   - fastloss's value, and its value and gradient (``fastloss.value_and_grad``);
-   - the family's float64 NumPy ``REFERENCE`` on float64 copies of the same data (a peer: it always
-     computes value and gradients, so it is compared with fastloss's value and gradient);
-   - PyTorch CPU forward (under ``torch.no_grad()``) and forward + backward (``torch.autograd.grad``),
-     when torch is installed, on ``fastloss.get_num_threads()`` threads.
+   - fastloss's value beside PyTorch CPU's forward (under ``torch.no_grad()``);
+   - fastloss's value and gradient (``fastloss.value_and_grad``) beside the family's float64 NumPy
+     ``REFERENCE`` on float64 copies of the same data (it always computes value and gradients) and
+     PyTorch's forward + backward (``torch.autograd.grad``), on ``fastloss.get_num_threads()`` threads.
 
-   A loss with an unreduced output is differentiated with a fixed random ``grad_output`` (the same for
-   fastloss, the reference and PyTorch). Inputs larger than :data:`REFERENCE_ELEMENTS` (the headline's
-   1 GiB of logits) give the reference only their first rows, which would otherwise need about 16 GB:
-   the errors are measured on those rows and the reference's time is scaled by the row count (noted).
+   Times are means over the repeats, with their relative standard deviation (the spread). A loss with
+   an unreduced output is differentiated with a fixed random ``grad_output`` (the same for fastloss,
+   the reference and PyTorch). Inputs larger than :data:`REFERENCE_ELEMENTS` (the headline's 1 GiB of
+   logits) give the reference only their first rows, which would otherwise need about 16 GB: the errors
+   are measured on those rows and the reference's time is scaled by the row count (noted).
 3. Reports per loss and dtype: time; GB/s (the bytes the kernel must move: every input array read,
    except that ``nll_loss`` gathers one element per target, plus an unreduced output, plus
    ``grad_output`` and the gradients for value and gradient); the fraction of the measured bandwidth
-   (read for the value, triad for value and gradient); the speed-up over each peer; and the largest
-   relative error against the float64 reference, ``max |got - ref| / max |ref|`` over the whole value
-   or gradient (so that a zero in the reference does not blow the ratio up).
+   (read for the value, triad for value and gradient; over 100 % is marked and explained in a note);
+   the speed-up over each peer; and the largest relative error against the float64 reference,
+   ``max |got - ref| / max |ref|`` over the whole value or gradient (so that a zero in the reference
+   does not blow the ratio up).
 
 A loss whose family module is missing (or fails to import, or has no ``BENCH`` entry) is skipped with
-a note; an error inside one loss is noted and the run goes on.
+a note; an error inside one loss is noted and the run goes on. Plug-in modules
+(:data:`SECTION_MODULES`) add sections (a GPU run, small batches) that share the table, JSON and plot.
 
 ``--json`` prints one JSON object on stdout instead of the table::
 
     {
-      "schema": "fastloss-bench/1",
+      "schema": "fastloss-bench/2",
       "versions": {"fastloss": str, "python": str, "numpy": str, "numba": str, "torch": str | null},
+      "machine": {"cpu": str, "cores": int, "system": str},
       "threads": int,
       "settings": {"mode": "default" | "quick", "dtypes": [str, ...], "size_scale": float,
                    "budget_s": float, "sizes": {loss: int}},
+      "noisy": bool,                     # bandwidth measurements disagreed by more than 20 %
+      "noise": [str, ...],               # why (empty when not noisy)
       "bandwidth": {"method": "numba", "threads": int, "read_gbs": float, "triad_gbs": float,
-                    "read_bytes": int, "triad_bytes": int},
-      "results": [{
-          "loss": str, "dtype": str, "shape": [int, ...], "elements": int,
-          "value": MEASUREMENT,            # fastloss's value; vs torch forward
-          "value_and_grad": MEASUREMENT,   # value and gradient; vs the reference and torch fwd+bwd
-          "reference_rows": int | null,    # the reference ran on these first rows (null: all)
-          "wall_s": float,                 # time spent on this row, peers included
-          "notes": [str, ...]}, ...],
-      "skipped": [{"loss": str, "dtype": str | null, "reason": str}, ...]
+                    "read_bytes": int, "triad_bytes": int, "read_samples_gbs": [float, ...],
+                    "triad_samples_gbs": [float, ...], "read_spread": float, "triad_spread": float,
+                    "noisy": bool, "noise_limit": float},
+      "results": [ROW, ...],             # the CPU losses
+      "skipped": [{"loss": str, "dtype": str | null, "reason": str}, ...],
+      "sections": [{"name": str, "title": str, "peers": [str, str], "results": [ROW, ...],
+                    "skipped": [...], "notes": [str, ...]}, ...]   # plug-in sections
     }
 
-where ``MEASUREMENT`` is ``{"time_s", "repeats", "bytes", "gbs", "bw_fraction", "rel_err",
-"value_rel_err", "reference_time_s", "speedup_vs_reference", "torch_time_s", "speedup_vs_torch",
-"torch_rel_err"}``: ``rel_err`` is the error of the value (in ``value``) or of the gradients (in
-``value_and_grad``, whose ``value_rel_err`` is the error of the value computed with them), and
-``torch_rel_err`` the same error of PyTorch's result. Numbers that do not exist (no torch, no
-reference for the value alone, NaN) are ``null``. Speed-ups are peer time over fastloss time.
+where ``ROW`` is ``{"loss": str, "dtype": str, "shape": [int, ...], "elements": int,
+"value": MEASUREMENT, "value_and_grad": MEASUREMENT, "reference_rows": int | null, "wall_s": float,
+"notes": [str, ...]}`` and ``MEASUREMENT`` is ``{"time_s" (mean), "median_s", "spread", "repeats",
+"bytes", "gbs", "bw_fraction", "rel_err", "value_rel_err", "reference_time_s", "reference_spread",
+"speedup_vs_reference", "torch_time_s", "torch_spread", "speedup_vs_torch", "torch_rel_err"}``:
+``rel_err`` is the error of the value (in ``value``) or of the gradients (in ``value_and_grad``, whose
+``value_rel_err`` is the error of the value computed with them), and ``torch_rel_err`` the same error
+of PyTorch's result. Numbers that do not exist (no torch, no reference for the value alone, NaN) are
+``null``. Speed-ups are peer time over fastloss time (means).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import importlib
 import importlib.util
@@ -124,36 +134,63 @@ def loss_size(name: str, size: Optional[int], scale: float) -> int:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Timing:
+    """Wall times of repeated calls of one function. ``mean_s`` is what the bench reports (a user pays
+    the mean, not the median); ``spread`` is the relative standard deviation, ``stdev / mean``."""
+
+    mean_s: float
     median_s: float
+    min_s: float
+    spread: float
     repeats: int
+
+    @classmethod
+    def of(cls, times: list) -> "Timing":
+        mean = statistics.fmean(times)
+        stdev = statistics.stdev(times) if len(times) > 1 else 0.0
+        return cls(mean, statistics.median(times), min(times), stdev / mean if mean > 0 else 0.0, len(times))
+
+
+def time_interleaved(calls: dict, settings: Settings, *, warmup=()):
+    """Time several functions in alternation: ``{name: fn}`` → ``({name: Timing}, {name: last result})``.
+
+    Each round calls every function once, in the given order on even rounds and reversed on odd ones,
+    so that a burst of load from another process, or the machine's clock changing, falls on fastloss
+    and its peers alike instead of on whichever was timed during it. The functions named in
+    ``warmup`` are called once, untimed, first: PyTorch initialises autograd and picks kernels on its
+    first call, fastloss's first call may load Numba's cache. (The NumPy reference has no such cost
+    and on the headline input one call takes seconds: it goes without.)
+
+    Rounds repeat for ``settings.budget_s`` seconds per function, at least ``min_repeats`` and at most
+    ``max_repeats`` times, except that once twice that budget has gone by the rounds stop: a slow peer
+    measured once or twice is still a fair comparison, and the run stays within its time.
+    """
+    for name in warmup:
+        calls[name]()
+    times = {name: [] for name in calls}
+    results = dict.fromkeys(calls)
+    budget = settings.budget_s * len(calls)
+    order = list(calls)
+    start = time.perf_counter()
+    rounds = 0
+    while True:
+        for name in (order if rounds % 2 == 0 else order[::-1]):
+            results[name] = None  # free the previous result before the next call allocates its own
+            t0 = time.perf_counter()
+            results[name] = calls[name]()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        if rounds >= settings.max_repeats or elapsed > 2 * budget:
+            break
+        if rounds >= settings.min_repeats and elapsed >= budget:
+            break
+    return {name: Timing.of(t) for name, t in times.items()}, results
 
 
 def time_call(fn: Callable, settings: Settings, *, warmup: bool = True):
-    """Median wall time of ``fn()`` over repeats; returns ``(Timing, last result)``.
-
-    With ``warmup``, one untimed call first: PyTorch initialises autograd and picks kernels on its first
-    call, fastloss's first call may load Numba's cache. (The NumPy reference has no such first-call
-    cost, and on the headline input one call takes seconds: it is timed without a warm-up.) Then calls
-    repeat for ``settings.budget_s`` seconds, at least ``min_repeats`` and at most ``max_repeats``
-    times, except that once twice the budget has gone by the calls stop: a slow peer measured once or
-    twice is still a fair comparison and the run stays within its time.
-    """
-    if warmup:
-        fn()
-    times, result = [], None
-    start = time.perf_counter()
-    while True:
-        result = None  # free the previous result before the next call allocates its own
-        t0 = time.perf_counter()
-        result = fn()
-        t1 = time.perf_counter()
-        times.append(t1 - t0)
-        elapsed = t1 - start
-        if len(times) >= settings.max_repeats or elapsed > 2 * settings.budget_s:
-            break
-        if len(times) >= settings.min_repeats and elapsed >= settings.budget_s:
-            break
-    return Timing(statistics.median(times), len(times)), result
+    """:func:`time_interleaved` of one function: ``(Timing, last result)``."""
+    timings, results = time_interleaved({"f": fn}, settings, warmup=("f",) if warmup else ())
+    return timings["f"], results["f"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,37 +232,89 @@ def _triad_pass(a, b, c, scalar, nthreads, passes):
                 a_[i] = b_[i] + s * c_[i]
 
 
+#: Repeated bandwidth measurements of one run that disagree by more than this (the slowest more than
+#: 20 % below the fastest) mark the run as noisy: something else used the memory or the cores.
+NOISE_LIMIT = 0.20
+
+
 @dataclass
 class Bandwidth:
+    """The machine's memory bandwidth: the best of every measurement of the run, and their spread."""
+
     read_gbs: float
     triad_gbs: float
     read_bytes: int
     triad_bytes: int
     threads: int
     method: str = "numba"
+    read_samples_gbs: list = field(default_factory=list)
+    triad_samples_gbs: list = field(default_factory=list)
+
+    @property
+    def read_spread(self) -> float:
+        """``(max - min) / max`` of the read measurements: 0 when they agree."""
+        return _disagreement(self.read_samples_gbs)
+
+    @property
+    def triad_spread(self) -> float:
+        return _disagreement(self.triad_samples_gbs)
+
+    @property
+    def noisy(self) -> bool:
+        return max(self.read_spread, self.triad_spread) > NOISE_LIMIT
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"read_spread": self.read_spread, "triad_spread": self.triad_spread,
+                                           "noisy": self.noisy, "noise_limit": NOISE_LIMIT}
+
+
+def _disagreement(samples: list) -> float:
+    return (max(samples) - min(samples)) / max(samples) if len(samples) > 1 and max(samples) > 0 else 0.0
 
 
 #: passes over the arrays per timed kernel call
 BANDWIDTH_PASSES = 4
 
 
+class BandwidthProbe:
+    """The bandwidth kernels' arrays, kept for the whole run, so that the bandwidth is measured again
+    between the losses (:meth:`sample`): the run's bandwidth is the best of all measurements, and
+    measurements that disagree say the machine was busy (:data:`NOISE_LIMIT`)."""
+
+    def __init__(self, n: int):
+        self.threads = _jit.get_num_threads()
+        self.x = np.ones(n)  # written once: every page is mapped before it is timed
+        m = n // 2
+        self.a, self.b, self.c = np.zeros(m), np.ones(m), np.full(m, 2.0)
+        _read_pass(self.x[:1024], self.threads, 1)  # compile (or load from Numba's cache)
+        _triad_pass(self.a[:1024], self.b[:1024], self.c[:1024], 3.0, self.threads, 1)
+        self.read_bytes = BANDWIDTH_PASSES * self.x.nbytes
+        self.triad_bytes = BANDWIDTH_PASSES * 3 * self.a.nbytes
+        self.read, self.triad = [], []
+
+    def sample(self) -> None:
+        """One read and one triad measurement, appended to the run's samples (in GB/s)."""
+        t = _timed(_read_pass, self.x, self.threads, BANDWIDTH_PASSES)
+        self.read.append(self.read_bytes / t / 1e9)
+        t = _timed(_triad_pass, self.a, self.b, self.c, 3.0, self.threads, BANDWIDTH_PASSES)
+        self.triad.append(self.triad_bytes / t / 1e9)
+
+    def result(self) -> Bandwidth:
+        return Bandwidth(max(self.read), max(self.triad), self.read_bytes, self.triad_bytes, self.threads,
+                         read_samples_gbs=list(self.read), triad_samples_gbs=list(self.triad))
+
+    def close(self) -> None:
+        self.x = self.a = self.b = self.c = None
+
+
 def memory_bandwidth(n: int, repeats: int) -> Bandwidth:
     """Best-of-``repeats`` read and triad bandwidth over float64 arrays of ``n`` (read) and ``n // 2``
     (triad, three arrays) elements, in GB/s (1e9 bytes per second). The triad counts three arrays
     moved per pass, as STREAM does (the write-allocate read of ``a`` is not counted)."""
-    threads = _jit.get_num_threads()
-    passes = BANDWIDTH_PASSES
-    x = np.ones(n)  # written once: every page is mapped before it is timed
-    _read_pass(x[:1024], threads, 1)  # compile (or load from Numba's cache)
-    read = min(_timed(_read_pass, x, threads, passes) for _ in range(repeats))
-    read_bytes = passes * x.nbytes
-    del x
-    m = n // 2
-    a, b, c = np.zeros(m), np.ones(m), np.full(m, 2.0)
-    _triad_pass(a[:1024], b[:1024], c[:1024], 3.0, threads, 1)
-    triad = min(_timed(_triad_pass, a, b, c, 3.0, threads, passes) for _ in range(repeats))
-    triad_bytes = passes * 3 * a.nbytes
-    return Bandwidth(read_bytes / read / 1e9, triad_bytes / triad / 1e9, read_bytes, triad_bytes, threads)
+    probe = BandwidthProbe(n)
+    for _ in range(repeats):
+        probe.sample()
+    return probe.result()
 
 
 def _timed(fn, *args) -> float:
@@ -439,18 +528,23 @@ def _numpy(t):
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Measurement:
-    """One operation (value, or value and gradient) of one loss, with its peers."""
+    """One operation (value, or value and gradient) of one loss, with its peers. Times are means over
+    repeats; ``*spread`` the relative standard deviation of those repeats."""
 
     time_s: float
     repeats: int
     bytes: int
     gbs: float
     bw_fraction: float
+    median_s: float = math.nan
+    spread: float = math.nan
     rel_err: float = math.nan
     value_rel_err: float = math.nan
     reference_time_s: Optional[float] = None
+    reference_spread: Optional[float] = None
     speedup_vs_reference: Optional[float] = None
     torch_time_s: Optional[float] = None
+    torch_spread: Optional[float] = None
     speedup_vs_torch: Optional[float] = None
     torch_rel_err: Optional[float] = None
 
@@ -468,61 +562,83 @@ class Row:
     notes: list = field(default_factory=list)
 
 
-def _measurement(timing: Timing, nbytes: int, bandwidth_gbs: float) -> Measurement:
-    gbs = nbytes / timing.median_s / 1e9
-    return Measurement(timing.median_s, timing.repeats, nbytes, gbs, gbs / bandwidth_gbs)
+def _measurement(timing: Timing, nbytes: int) -> Measurement:
+    """A measurement whose ``bw_fraction`` is filled in once the run's bandwidth is known
+    (:func:`set_bandwidth_fractions`)."""
+    gbs = nbytes / timing.mean_s / 1e9
+    return Measurement(timing.mean_s, timing.repeats, nbytes, gbs, math.nan, timing.median_s, timing.spread)
 
 
-def bench_loss(spec: LossSpec, dtype: str, size: int, settings: Settings, bw: Bandwidth, torch,
-               progress: "Progress") -> Row:
-    """Time one loss at one dtype against its peers and measure its errors (see the module docstring)."""
+def set_bandwidth_fractions(rows: list, bw: Bandwidth) -> None:
+    """Each measurement's fraction of the run's bandwidth: read for the value, triad for value and
+    gradient. A fraction above 1 is possible (an input that partly fits in the caches, a bandwidth
+    measurement slowed by other load) and is never left without a note."""
+    for r in rows:
+        for op, m, peak, kind in (("value", r.value, bw.read_gbs, "read"),
+                                  ("v+grad", r.value_and_grad, bw.triad_gbs, "triad")):
+            m.bw_fraction = m.gbs / peak
+            if m.bw_fraction > 1:
+                r.notes.append(f"{op} moved {100 * m.bw_fraction:.0f}% of the measured {kind} bandwidth: its "
+                               f"arrays partly fit in the caches, or the bandwidth measurements were slowed "
+                               f"by other load")
+
+
+def bench_loss(spec: LossSpec, dtype: str, size: int, settings: Settings, torch, progress: "Progress") -> Row:
+    """Time one loss at one dtype beside its peers (interleaved: :func:`time_interleaved`) and measure
+    its errors (see the module docstring)."""
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     case = spec.bench(rng, np.dtype(dtype), size)
     pos = diff_positions(spec, case)
     label = f"{spec.name} {dtype}"
+    x = case.args[pos[0]]
 
     progress.step(f"{label}: compiling")
     go = incoming_gradient(spec.fn(*case.args, **case.kwargs), rng)  # also the JIT warm-up of the value
     value, value_grad = fastloss_calls(spec, case, go)
     value_grad()  # JIT warm-up of value and gradient
-
-    progress.step(f"{label}: fastloss value")
-    t_value, out_value = time_call(value, settings, warmup=False)
-    progress.step(f"{label}: fastloss value and gradient")
-    t_vg, out_vg = time_call(value_grad, settings, warmup=False)
-    v_bytes, vg_bytes = bytes_moved(spec.name, case, out_value, out_vg[1], go)
-    v, g = _measurement(t_value, v_bytes, bw.read_gbs), _measurement(t_vg, vg_bytes, bw.triad_gbs)
-    x = case.args[pos[0]]
-    row = Row(spec.name, dtype, tuple(x.shape), int(x.size), v, g)
-
-    progress.step(f"{label}: float64 reference")
     # the errors are measured where the reference runs: the whole input, or its first rows
     err_case, err_go = case, go
-    row.reference_rows = reference_rows(case, pos[0])
-    if row.reference_rows is not None:
-        err_case, err_go = leading_rows(case, x.shape[0], row.reference_rows, go)
+    ref_rows = reference_rows(case, pos[0])
+    if ref_rows is not None:
+        err_case, err_go = leading_rows(case, x.shape[0], ref_rows, go)
+    calls = None if torch is None else torch_calls(torch, spec, case, pos, go)
+
+    progress.step(f"{label}: value beside PyTorch")
+    group = {"fastloss": value} | ({"torch": calls[0]} if calls else {})
+    t_value, out = time_interleaved(group, settings, warmup=("torch",) if calls else ())
+    out_value, t_out = out["fastloss"], out.get("torch")
+    del out
+
+    progress.step(f"{label}: value and gradient beside the reference and PyTorch")
+    group = {"fastloss": value_grad, "reference": reference_call(spec, err_case, err_go)}
+    group |= {"torch": calls[1]} if calls else {}
+    t_vg, out = time_interleaved(group, settings, warmup=("torch",) if calls else ())
+    out_vg, (ref_value, ref_grads), t_out_vg = out["fastloss"], out["reference"], out.get("torch")
+    del out, group
+
+    progress.step(f"{label}: errors")
+    v_bytes, vg_bytes = bytes_moved(spec.name, case, out_value, out_vg[1], go)
+    v, g = _measurement(t_value["fastloss"], v_bytes), _measurement(t_vg["fastloss"], vg_bytes)
+    row = Row(spec.name, dtype, tuple(x.shape), int(x.size), v, g, reference_rows=ref_rows)
+    if ref_rows is not None:
         sub_value, sub_value_grad = fastloss_calls(spec, err_case, err_go)
         out_value, out_vg = sub_value(), sub_value_grad()
-        row.notes.append(f"float64 reference on the first {row.reference_rows} of {x.shape[0]} rows (the whole "
+        row.notes.append(f"float64 reference on the first {ref_rows} of {x.shape[0]} rows (the whole "
                          f"input needs too much memory): errors from those rows, its time scaled by rows")
-    t_ref, (ref_value, ref_grads) = time_call(reference_call(spec, err_case, err_go), settings, warmup=False)
     v.rel_err = v.value_rel_err = rel_err(out_value, ref_value)
     g.rel_err, g.value_rel_err = grads_rel_err(out_vg[1], ref_grads), rel_err(out_vg[0], ref_value)
-    g.reference_time_s = t_ref.median_s * (x.shape[0] / row.reference_rows if row.reference_rows else 1)
-    g.speedup_vs_reference = g.reference_time_s / t_vg.median_s
+    t_ref = t_vg["reference"]
+    g.reference_time_s = t_ref.mean_s * (x.shape[0] / ref_rows if ref_rows else 1)
+    g.reference_spread = t_ref.spread
+    g.speedup_vs_reference = g.reference_time_s / g.time_s
     del out_value, out_vg
 
-    progress.step(f"{label}: torch")
-    calls = None if torch is None else torch_calls(torch, spec, case, pos, go)
     if torch is not None and calls is None:
         row.notes.append("PyTorch has no such loss")
     if calls is not None:
-        forward, forward_backward = calls
-        t_fwd, t_out = time_call(forward, settings)
-        t_fb, t_out_vg = time_call(forward_backward, settings)
-        v.torch_time_s, v.speedup_vs_torch = t_fwd.median_s, t_fwd.median_s / t_value.median_s
-        g.torch_time_s, g.speedup_vs_torch = t_fb.median_s, t_fb.median_s / t_vg.median_s
+        for m, t in ((v, t_value["torch"]), (g, t_vg["torch"])):
+            m.torch_time_s, m.torch_spread, m.speedup_vs_torch = t.mean_s, t.spread, t.mean_s / m.time_s
         if err_case is not case:
             forward, forward_backward = torch_calls(torch, spec, err_case, pos, err_go)
             t_out, t_out_vg = forward(), forward_backward()
@@ -579,7 +695,40 @@ class Progress:
 # --------------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------------
-STEPS_PER_LOSS = 5  # compiling, value, value and gradient, reference, torch
+STEPS_PER_LOSS = 4  # compiling, value beside torch, value and gradient beside the peers, errors
+
+
+def machine() -> dict:
+    """What the numbers were measured on: processor, logical cores, operating system."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}
+
+
+@dataclass
+class Section:
+    """One table of the report. The CPU losses are the main section; plug-in modules (see
+    :data:`SECTION_MODULES`) add their own, which share the table, JSON and plot output."""
+
+    name: str  # "cpu", "cuda", "small", ...: a JSON key and the plot's label suffix
+    title: str  # a line above the section's table
+    rows: list = field(default_factory=list)  # Row objects: the columns of the main table
+    skipped: list = field(default_factory=list)  # {"loss", "dtype", "reason"}
+    notes: list = field(default_factory=list)  # lines printed under the section's table
+    peers: tuple = ("vs ref", "vs torch")  # the two speed-up columns' headings
+    bandwidth_fractions: bool = True  # False: %bw is not meaningful here (printed as "-")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "title": self.title, "peers": list(self.peers),
+                "results": [_row_json(r) for r in self.rows], "skipped": self.skipped, "notes": self.notes}
+
+
+def _row_json(r: "Row") -> dict:
+    return dataclasses.asdict(r) | {"shape": list(r.shape)}
 
 
 @dataclass
@@ -590,22 +739,57 @@ class Report:
     bandwidth: Bandwidth
     rows: list
     skipped: list
+    machine: dict = field(default_factory=machine)
+    sections: list = field(default_factory=list)  # extra Sections from plug-ins, after the main one
+
+    @property
+    def noisy(self) -> bool:
+        return self.bandwidth.noisy
+
+    def noise(self) -> list:
+        """Why the run is flagged noisy (empty when it is not)."""
+        bw, out = self.bandwidth, []
+        for kind, samples, spread in (("read", bw.read_samples_gbs, bw.read_spread),
+                                      ("triad", bw.triad_samples_gbs, bw.triad_spread)):
+            if spread > NOISE_LIMIT:
+                out.append(f"the {len(samples)} {kind} bandwidth measurements ranged from {min(samples):.1f} "
+                           f"to {max(samples):.1f} GB/s ({100 * spread:.0f}% apart; over "
+                           f"{100 * NOISE_LIMIT:.0f}% means other work shared the machine)")
+        return out
 
     def to_json(self) -> dict:
         return {
-            "schema": "fastloss-bench/1",
+            "schema": "fastloss-bench/2",
             "versions": self.versions,
+            "machine": self.machine,
             "threads": self.threads,
             "settings": self.settings,
-            "bandwidth": dataclasses.asdict(self.bandwidth),
-            "results": [dataclasses.asdict(r) | {"shape": list(r.shape)} for r in self.rows],
+            "noisy": self.noisy,
+            "noise": self.noise(),
+            "bandwidth": self.bandwidth.to_json(),
+            "results": [_row_json(r) for r in self.rows],
             "skipped": self.skipped,
+            "sections": [sec.to_json() for sec in self.sections],
         }
 
 
+@dataclass
+class Context:
+    """What a plug-in section gets from the run: the threads, PyTorch (or ``None``), the settings,
+    the progress bar, and the bandwidth probe (call ``probe.sample()`` between its own measurements
+    to extend the run's noise check over its time)."""
+
+    threads: int
+    torch: object
+    settings: Settings
+    progress: "Progress"
+    probe: BandwidthProbe
+
+
 def run(names: list, settings: Settings, *, size: Optional[int] = None, use_torch: bool = True,
-        progress_enabled: bool = False) -> Report:
-    """Measure the bandwidth, then every loss in ``names`` at every dtype of ``settings``."""
+        progress_enabled: bool = False, sections: tuple = ()) -> Report:
+    """Measure the bandwidth, then every loss in ``names`` at every dtype of ``settings``, measuring the
+    bandwidth again after each loss; then the plug-in ``sections``: callables ``f(Context) -> Section``."""
     import fastloss
 
     threads = fastloss.get_num_threads()
@@ -617,21 +801,32 @@ def run(names: list, settings: Settings, *, size: Optional[int] = None, use_torc
             skipped.append({"loss": name, "dtype": None, "reason": problem})
         else:
             todo.extend((name, dt) for dt in settings.dtypes)
-    progress = Progress(1 + STEPS_PER_LOSS * len(todo), progress_enabled)
+    progress = Progress(1 + STEPS_PER_LOSS * len(todo) + len(sections), progress_enabled)
     progress.step("memory bandwidth")
-    bw = memory_bandwidth(settings.bandwidth_elements, settings.bandwidth_repeats)
-    rows = []
+    probe = BandwidthProbe(settings.bandwidth_elements)
+    for _ in range(settings.bandwidth_repeats):
+        probe.sample()
+    rows, extra = [], []
     try:
         for i, (name, dt) in enumerate(todo, 1):
             size_n = loss_size(name, size, settings.size_scale)
             try:
-                rows.append(bench_loss(REGISTRY[name], dt, size_n, settings, bw, torch, progress))
+                rows.append(bench_loss(REGISTRY[name], dt, size_n, settings, torch, progress))
             except Exception as e:  # one broken loss must not end the run: note it and go on
                 skipped.append({"loss": name, "dtype": dt, "reason": f"{type(e).__name__}: {e}"})
             progress.done = 1 + STEPS_PER_LOSS * i  # in step even when a loss stopped half-way
             gc.collect()  # the next loss's inputs should not meet this one's garbage
+            probe.sample()  # the bandwidth again, between the losses: a busy machine shows here
+        context = Context(threads, torch, settings, progress, probe)
+        for make in sections:
+            section = make(context)
+            if section is not None:
+                extra.append(section)
     finally:
         progress.close()
+    bw = probe.result()
+    probe.close()
+    set_bandwidth_fractions(rows, bw)
     versions = {
         "fastloss": fastloss.__version__,
         "python": platform.python_version(),
@@ -642,7 +837,7 @@ def run(names: list, settings: Settings, *, size: Optional[int] = None, use_torc
     sizes = {n: loss_size(n, size, settings.size_scale) for n in names}
     meta = {"mode": settings.mode, "dtypes": list(settings.dtypes), "size_scale": settings.size_scale,
             "budget_s": settings.budget_s, "sizes": sizes}
-    return Report(versions, threads, meta, bw, rows, skipped)
+    return Report(versions, threads, meta, bw, rows, skipped, sections=extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -664,52 +859,83 @@ def _fmt_err(x: Optional[float]) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1e}"
 
 
-def format_table(report: Report) -> str:
-    """The human-readable report: a header with the bandwidth, one table, the notes."""
-    v, bw = report.versions, report.bandwidth
+def _fmt_fraction(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{100 * x:.0f}%" + ("*" if x > 1 else "")  # over 100%: a note explains it
+
+
+def header(report: Report) -> list:
+    """The lines above the table: versions and mode, machine, bandwidth, and the noise verdict. The
+    README's sample output starts with these lines."""
+    v, bw, m = report.versions, report.bandwidth, report.machine
+    mode = report.settings.get("mode", "default")
     lines = [
-        f"fastloss {v['fastloss']} bench: numpy {v['numpy']}, numba {v['numba']}, "
+        f"fastloss {v['fastloss']} bench ({mode}): numpy {v['numpy']}, numba {v['numba']}, "
         f"torch {v['torch'] or 'not installed'}, {report.threads} thread(s)",
-        f"memory bandwidth (Numba kernels, {bw.threads} thread(s), best of repeats): "
-        f"read {bw.read_gbs:.1f} GB/s, triad {bw.triad_gbs:.1f} GB/s",
+        f"machine: {m['cpu']}, {m['cores']} logical cores, {m['system']}",
+        f"memory bandwidth (Numba kernels, {bw.threads} thread(s), best of {len(bw.read_samples_gbs)} "
+        f"measurements through the run): read {bw.read_gbs:.1f} GB/s (spread {100 * bw.read_spread:.0f}%), "
+        f"triad {bw.triad_gbs:.1f} GB/s (spread {100 * bw.triad_spread:.0f}%)",
     ]
-    if report.settings.get("mode") == "quick":
-        lines.append(f"--quick: inputs at {report.settings['size_scale']:g} of the default size, partly in cache "
-                     "(%bw may pass 100%)")
-    lines.append("")
-    head = ("loss", "dtype", "shape", "op", "time", "GB/s", "%bw", "vs ref", "vs torch", "rel err")
+    if mode == "quick":
+        lines.append(f"--quick: inputs at {report.settings['size_scale']:g} of the default size, partly in cache")
+    if report.noisy:
+        lines.append("NOISY RUN: " + "; ".join(report.noise()) + ". The times and ratios below are not "
+                     "reliable: rerun on a quiet machine.")
+    return lines
+
+
+def section_table(rows: list, peers: tuple = ("vs ref", "vs torch"), bandwidth_fractions: bool = True) -> list:
+    """The table of ``rows`` (:class:`Row`), one line per operation."""
+    head = ("loss", "dtype", "shape", "op", "time", "±", "GB/s", "%bw", *peers, "rel err")
     body = []
-    for r in report.rows:
+    for r in rows:
         shape = "x".join(map(str, r.shape)) or "()"
         ref_mark = "~" if r.reference_rows else ""  # the reference's time was scaled from its first rows
         for op, m, first in (("value", r.value, True), ("v+grad", r.value_and_grad, False)):
             body.append((r.loss if first else "", r.dtype if first else "", shape if first else "", op,
-                         _fmt_time(m.time_s), f"{m.gbs:.1f}", f"{100 * m.bw_fraction:.0f}%",
+                         _fmt_time(m.time_s), f"{100 * m.spread:.0f}%", f"{m.gbs:.1f}",
+                         _fmt_fraction(m.bw_fraction) if bandwidth_fractions else "-",
                          ref_mark + _fmt_ratio(m.speedup_vs_reference) if m.speedup_vs_reference else "-",
                          _fmt_ratio(m.speedup_vs_torch), _fmt_err(m.rel_err)))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    right = {4, 5, 6, 7, 8, 9}
+    right = set(range(4, len(head)))
 
     def fmt(cells):
         return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    lines += [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)]
-    lines += [
-        "",
-        "time     median of repeats, after a warm-up call",
-        "GB/s     bytes moved per second: inputs read (nll_loss: one element per target), an unreduced",
-        "         output written; for v+grad also its grad_output read and the gradients written",
-        "%bw      of the measured read bandwidth (value) or triad bandwidth (v+grad)",
-        "vs ref   the float64 NumPy reference's time over fastloss's; it computes value and gradients,",
-        "         so only v+grad is compared (~: timed on the first rows and scaled, see the notes)",
-        "vs torch PyTorch CPU forward (value) or forward+backward (v+grad) time over fastloss's",
-        "rel err  max |fastloss - ref| / max |ref| of the value (value) or the gradients (v+grad)",
-    ]
+    return [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)]
+
+
+LEGEND = [
+    "time     mean of repeats, after a warm-up call; fastloss and its peers timed in alternation",
+    "±        relative standard deviation of fastloss's repeats",
+    "GB/s     bytes moved per second: inputs read (nll_loss: one element per target), an unreduced",
+    "         output written; for v+grad also its grad_output read and the gradients written",
+    "%bw      of the measured read bandwidth (value) or triad bandwidth (v+grad); * over 100%: see notes",
+    "vs ref   the float64 NumPy reference's time over fastloss's; it computes value and gradients,",
+    "         so only v+grad is compared (~: timed on the first rows and scaled, see the notes)",
+    "vs torch PyTorch CPU forward (value) or forward+backward (v+grad) time over fastloss's",
+    "rel err  max |fastloss - ref| / max |ref| of the value (value) or the gradients (v+grad)",
+]
+
+
+def format_table(report: Report) -> str:
+    """The human-readable report: the header, the main table, its legend and notes, then each
+    plug-in section's table and notes."""
+    lines = [*header(report), "", *section_table(report.rows), "", *LEGEND]
     notes = [f"{r.loss} {r.dtype}: {n}" for r in report.rows for n in r.notes]
     notes += [f"skipped {', '.join(who)}: {reason}" for reason, who in _skipped_by_reason(report.skipped).items()]
     if notes:
         lines += ["", "notes:", *("  " + n for n in notes)]
+    for sec in report.sections:
+        lines += ["", sec.title, "", *section_table(sec.rows, sec.peers, sec.bandwidth_fractions)]
+        notes = [*sec.notes, *(f"{r.loss} {r.dtype}: {n}" for r in sec.rows for n in r.notes)]
+        notes += [f"skipped {', '.join(who)}: {reason}" for reason, who in _skipped_by_reason(sec.skipped).items()]
+        if notes:
+            lines += ["", "notes:", *("  " + n for n in notes)]
     return "\n".join(lines)
 
 
@@ -732,9 +958,18 @@ def _finite_or_null(obj):
     return obj
 
 
+def plot_title(report: Report) -> str:
+    v, m = report.versions, report.machine
+    title = (f"fastloss {v['fastloss']} bench ({report.settings.get('mode', 'default')} run), "
+             f"{report.threads} thread(s)\n{m['cpu']}, {m['cores']} cores; memory read "
+             f"{report.bandwidth.read_gbs:.1f} GB/s, triad {report.bandwidth.triad_gbs:.1f} GB/s")
+    return title + ("\nNOISY RUN: bandwidth measurements disagreed, ratios unreliable" if report.noisy else "")
+
+
 def write_plot(report: Report, path: str) -> None:
-    """A horizontal bar chart of fastloss's speed-ups over each peer (log scale), one group of bars per
-    loss and dtype, written as a PNG."""
+    """A horizontal bar chart of fastloss's speed-ups over each peer, written as a PNG: every bar starts
+    at 1x (no difference) and runs right for a speed-up, left for a slow-down, on a log scale, with its
+    value written at its end. One group of bars per loss and dtype, plug-in sections included."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -745,20 +980,34 @@ def write_plot(report: Report, path: str) -> None:
         ("value+grad vs PyTorch forward+backward", lambda r: r.value_and_grad.speedup_vs_torch),
         ("value+grad vs float64 NumPy reference", lambda r: r.value_and_grad.speedup_vs_reference),
     ]
-    rows = report.rows[::-1]  # barh draws bottom-up: keep the table's order top-down
-    labels = [f"{r.loss} ({r.dtype})" for r in rows]
-    y = np.arange(len(rows))
+    labelled = [(f"{r.loss} ({r.dtype})", r) for r in report.rows]
+    for sec in report.sections:
+        labelled += [(f"{r.loss} ({r.dtype}, {sec.name})", r) for r in sec.rows]
+    labelled = labelled[::-1]  # barh draws bottom-up: keep the table's order top-down
+    y = np.arange(len(labelled))
     height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(9.0, 1.8 + 0.42 * max(len(rows), 1)))
+    fig, ax = plt.subplots(figsize=(10.0, 2.2 + 0.5 * max(len(labelled), 1)))
+    values = []
     for k, (title, get) in enumerate(series):
-        widths = [get(r) or 0.0 for r in rows]  # a missing peer draws no bar
-        ax.barh(y + ((len(series) - 1) / 2 - k) * height, widths, height, label=title)
-    ax.axvline(1.0, color="black", linewidth=0.8)  # left of it, the peer is faster
+        ys = y + ((len(series) - 1) / 2 - k) * height
+        pts = [(yy, get(r)) for yy, (_, r) in zip(ys, labelled) if get(r)]  # a missing peer: no bar
+        if not pts:
+            ax.barh([], [], height, label=title)
+            continue
+        yy, vals = zip(*pts)
+        values += vals
+        ax.barh(yy, [v - 1.0 for v in vals], height, left=1.0, label=title)  # from 1x, either way
+        for yv, v in pts:
+            ax.text(v * (1.04 if v >= 1 else 1 / 1.04), yv, f"{v:.0f}x" if v >= 10 else f"{v:.2g}x", va="center",
+                    ha="left" if v >= 1 else "right", fontsize=7)
+    lo = min([0.5, *values]) / 1.6
+    hi = max([2.0, *values]) * 1.6
     ax.set_xscale("log")
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlabel("speed-up of fastloss (peer time / fastloss time, log scale)")
-    ax.set_title(f"fastloss bench: {report.threads} thread(s), memory bandwidth read "
-                 f"{report.bandwidth.read_gbs:.1f} GB/s, triad {report.bandwidth.triad_gbs:.1f} GB/s", fontsize=10)
+    ax.set_xlim(lo, hi)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [label for label, _ in labelled], fontsize=8)
+    ax.set_xlabel("speed-up of fastloss: peer time / fastloss time (log scale; left of 1x the peer is faster)")
+    ax.set_title(plot_title(report), fontsize=9)
     ax.grid(axis="x", which="major", linewidth=0.3)
     fig.tight_layout()
     # below the figure, whatever its height; "tight" grows the saved image to take it in
@@ -801,8 +1050,22 @@ def _split(values) -> list:
     return out
 
 
+#: Optional sections of the report, one module each. A module here that exists provides
+#: ``add_arguments(parser)`` (its own options, e.g. ``--device cuda`` or ``--small``) and
+#: ``section(args, context) -> Section | None`` (``None`` when its option was not given), called after
+#: the CPU losses with a :class:`Context`; its :class:`Section` (rows of :class:`Row`) is printed,
+#: written to the JSON (``"sections"``) and plotted with the rest. The modules are imported when the
+#: command line is built, so they must import nothing heavy (no numba.cuda, no CuPy) at module level.
+SECTION_MODULES = ("fastloss.bench_cuda", "fastloss.bench_small")
+
+
+def section_modules() -> list:
+    """The :data:`SECTION_MODULES` present in this installation, imported."""
+    return [importlib.import_module(name) for name in SECTION_MODULES if importlib.util.find_spec(name) is not None]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``fastloss bench``."""
+    """The options of ``fastloss bench``, the plug-in sections' included."""
     parser.add_argument("--quick", action="store_true",
                         help="small inputs and few repeats: about 30 s once Numba's cache is warm")
     parser.add_argument("--loss", action="append", metavar="NAME",
@@ -824,6 +1087,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on stderr (auto: when stderr is a terminal)")
     # Shrinks every input (tests run the whole command on tiny arrays); not part of the interface.
     parser.add_argument("--size-scale", type=_positive_float, default=None, help=argparse.SUPPRESS)
+    for module in section_modules():
+        module.add_arguments(parser)
 
 
 def default_order(names: list) -> list:
@@ -870,14 +1135,16 @@ def main(args, parser: argparse.ArgumentParser) -> int:
             settings, size_scale=settings.size_scale * args.size_scale,
             bandwidth_elements=max(1 << 12, int(settings.bandwidth_elements * args.size_scale)))
     progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-    report = run(names, settings, size=args.size, use_torch=not args.no_torch, progress_enabled=progress)
-    if args.json:
-        json.dump(_finite_or_null(report.to_json()), sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
-    if args.plot is not None:
+    sections = tuple(functools.partial(module.section, args) for module in section_modules())
+    report = run(names, settings, size=args.size, use_torch=not args.no_torch, progress_enabled=progress,
+                 sections=sections)
+    if args.plot is not None:  # before the output: a reader that stops early must not lose the plot
         write_plot(report, args.plot)
-        if not args.json:
-            print(f"\nplot written to {args.plot}")
+    if args.json:
+        sys.stdout.write(json.dumps(_finite_or_null(report.to_json()), indent=2, allow_nan=False) + "\n")
+    else:
+        sys.stdout.write(format_table(report) + "\n")
+        if args.plot is not None:
+            sys.stdout.write(f"\nplot written to {args.plot}\n")
+    sys.stdout.flush()  # here, where a closed pipe is handled, rather than at interpreter exit
     return 0

@@ -7,6 +7,7 @@ is available. Timings are never asserted on.
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -210,12 +211,19 @@ def test_headline_is_in_the_default_run():
 def test_json_shape_and_contents(fake_losses, capsys):
     report = run_json(capsys, "--loss", "fake_mse,fake_wrong,fake_untorched,fake_broken,fake_orphan",
                       "--dtype", "float32,float64")
-    assert report["schema"] == "fastloss-bench/1"
-    assert set(report) == {"schema", "versions", "threads", "settings", "bandwidth", "results", "skipped"}
+    assert report["schema"] == "fastloss-bench/2"
+    assert set(report) == {"schema", "versions", "machine", "threads", "settings", "noisy", "noise", "bandwidth",
+                           "results", "skipped", "sections"}
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert isinstance(report["noisy"], bool) and report["noisy"] == bool(report["noise"])
     assert report["versions"]["fastloss"] == fastloss.__version__
     assert report["settings"]["dtypes"] == ["float32", "float64"]
     bw = report["bandwidth"]
     assert bw["method"] == "numba" and bw["read_gbs"] > 0 and bw["triad_gbs"] > 0
+    # measured at the start (bandwidth_repeats) and once after each loss tried (4 losses x 2 dtypes)
+    assert len(bw["read_samples_gbs"]) == bench.DEFAULT.bandwidth_repeats + 8
+    assert bw["read_gbs"] == max(bw["read_samples_gbs"]) and bw["triad_gbs"] == max(bw["triad_samples_gbs"])
+    assert bw["noisy"] == (max(bw["read_spread"], bw["triad_spread"]) > 0.2) == report["noisy"]
 
     rows = by_loss(report)
     assert set(rows) == {(n, d) for n in ("fake_mse", "fake_wrong", "fake_untorched") for d in ("float32", "float64")}
@@ -227,8 +235,10 @@ def test_json_shape_and_contents(fake_losses, capsys):
         assert v["bytes"] == 2 * n * item  # input and target read
         assert g["bytes"] == 3 * n * item  # ... and the gradient written
         for m in (v, g):
-            assert m["time_s"] > 0 and m["repeats"] >= 1
+            assert m["time_s"] > 0 and m["repeats"] >= 1 and m["median_s"] > 0 and m["spread"] >= 0
             assert m["gbs"] == pytest.approx(m["bytes"] / m["time_s"] / 1e9)
+            if m["bw_fraction"] > 1:  # never over 100% without a note
+                assert any("of the measured" in n for n in row["notes"])
         assert v["bw_fraction"] == pytest.approx(v["gbs"] / bw["read_gbs"])
         assert g["bw_fraction"] == pytest.approx(g["gbs"] / bw["triad_gbs"])
         assert v["reference_time_s"] is None and v["speedup_vs_reference"] is None
@@ -298,7 +308,7 @@ def test_torch_peer(fake_losses, capsys):
         assert v["torch_rel_err"] < 1e-5 and g["torch_rel_err"] < 1e-5  # torch agrees with the reference
         untorched = rows["fake_untorched", dtype]
         assert untorched["value"]["torch_time_s"] is None and untorched["value_and_grad"]["speedup_vs_torch"] is None
-        assert untorched["notes"] == ["PyTorch has no such loss"]
+        assert "PyTorch has no such loss" in untorched["notes"]
 
 
 def test_no_torch_option(fake_losses, capsys):
@@ -319,8 +329,11 @@ def test_table_and_progress(fake_losses, capsys):
     out, err = captured.out, captured.err
     assert "memory bandwidth (Numba kernels" in out
     header = next(line for line in out.splitlines() if line.startswith("loss"))
-    assert header.split() == ["loss", "dtype", "shape", "op", "time", "GB/s", "%bw", "vs", "ref", "vs", "torch",
+    assert header.split() == ["loss", "dtype", "shape", "op", "time", "±", "GB/s", "%bw", "vs", "ref", "vs", "torch",
                               "rel", "err"]
+    first = out.splitlines()[0]
+    assert first.startswith(f"fastloss {fastloss.__version__} bench (default): numpy ")
+    assert out.splitlines()[1].startswith("machine: ")
     assert any(line.startswith("fake_mse") and "float32" in line for line in out.splitlines())
     assert any(line.split()[:1] == ["v+grad"] for line in out.splitlines())
     assert "skipped fake_orphan:" in out
@@ -410,3 +423,129 @@ def test_every_available_real_loss_runs(capsys):
         assert row["value_and_grad"]["rel_err"] < 1e-3, name
         if row["value"]["torch_time_s"] is not None:
             assert row["value_and_grad"]["torch_rel_err"] < 1e-3, name
+
+
+# --------------------------------------------------------------------------------------------------
+# Trust: interleaving, spread, noise, fractions over 100 %, closed pipes
+# --------------------------------------------------------------------------------------------------
+def test_interleaved_rounds_alternate_and_count():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b"), "c": lambda: order.append("c")}
+    settings = bench.Settings(budget_s=10.0, min_repeats=3, max_repeats=3)
+    timings, _ = bench.time_interleaved(calls, settings, warmup=("b",))
+    assert order == ["b", "a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then rounds both ways
+    assert all(t.repeats == 3 for t in timings.values())
+
+
+def test_timing_reports_mean_and_spread():
+    t = bench.Timing.of([1.0, 2.0, 6.0])
+    assert t.mean_s == 3.0 and t.median_s == 2.0 and t.min_s == 1.0
+    assert t.spread == pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1) / 3.0)
+    assert bench.Timing.of([0.5]).spread == 0.0
+
+
+def _fake_probe(monkeypatch, reads):
+    """BandwidthProbe whose successive read measurements are ``reads`` (then the last, repeated)."""
+    seq = iter(reads)
+
+    def sample(self):
+        value = next(seq, reads[-1])
+        self.read.append(value)
+        self.triad.append(value * 0.8)
+
+    monkeypatch.setattr(bench.BandwidthProbe, "sample", sample)
+
+
+def test_disagreeing_bandwidth_flags_the_run_noisy(fake_losses, monkeypatch, capsys):
+    _fake_probe(monkeypatch, [50.0, 49.0, 51.0, 50.0, 50.0, 20.0])  # a drop after the one loss
+    report = run_json(capsys, "--loss", "fake_mse", "--no-torch")
+    assert report["noisy"] is True and report["bandwidth"]["noisy"] is True
+    assert report["bandwidth"]["read_gbs"] == 51.0
+    assert report["bandwidth"]["read_spread"] == pytest.approx(31 / 51)
+    assert "from 20.0 to 51.0 GB/s" in report["noise"][0]
+    _fake_probe(monkeypatch, [50.0, 49.0, 51.0, 50.0, 50.0, 20.0])
+    assert main(["bench", *TINY, "--loss", "fake_mse", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "NOISY RUN: " in out and "rerun on a quiet machine" in out
+
+
+def test_agreeing_bandwidth_is_not_noisy(fake_losses, monkeypatch, capsys):
+    _fake_probe(monkeypatch, [50.0, 49.0, 51.0, 50.0, 50.0, 45.0])
+    report = run_json(capsys, "--loss", "fake_mse", "--no-torch")
+    assert report["noisy"] is False and report["noise"] == []
+    assert main(["bench", *TINY, "--loss", "fake_mse", "--no-torch"]) == 0
+    assert "NOISY" not in capsys.readouterr().out
+
+
+def test_fraction_over_100_percent_has_a_note(fake_losses, monkeypatch, capsys):
+    _fake_probe(monkeypatch, [1e-6])  # a "bandwidth" every loss beats
+    report = run_json(capsys, "--loss", "fake_mse", "--no-torch")
+    row = report["results"][0]
+    assert row["value"]["bw_fraction"] > 1
+    assert any(n.startswith("value moved") and "of the measured read bandwidth" in n for n in row["notes"])
+    assert main(["bench", *TINY, "--loss", "fake_mse", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("fake_mse"))
+    assert "%*" in line and "fake_mse float32: value moved" in out
+
+
+def test_plug_in_section_shares_the_outputs(fake_losses, monkeypatch, capsys, tmp_path):
+    """A section module (as bench_cuda / bench_small will be) adds an option and a table."""
+    mod = types.ModuleType("fastloss._bench_plugin_fake")
+    mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
+
+    def add_arguments(parser):
+        parser.add_argument("--fake-section", action="store_true")
+
+    def section(args, context):
+        if not args.fake_section:
+            return None
+        spec = REGISTRY["fake_mse"]
+        row = bench.bench_loss(spec, "float64", 1000, context.settings, None, context.progress)
+        context.probe.sample()
+        return bench.Section("fake", "fake section: fake_mse on another device", rows=[row],
+                             notes=["a note of the section"], peers=("vs ref", "vs other"),
+                             bandwidth_fractions=False)
+
+    mod.add_arguments, mod.section = add_arguments, section
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(bench, "SECTION_MODULES", (mod.__name__, "fastloss._no_such_section"))
+    report = run_json(capsys, "--loss", "fake_mse", "--no-torch", "--fake-section")
+    (sec,) = report["sections"]
+    assert sec["name"] == "fake" and sec["results"][0]["loss"] == "fake_mse" and sec["peers"][1] == "vs other"
+    assert main(["bench", *TINY, "--loss", "fake_mse", "--no-torch", "--fake-section"]) == 0
+    out = capsys.readouterr().out
+    assert "fake section: fake_mse on another device" in out and "a note of the section" in out
+    assert "vs other" in out
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert main(["bench", *TINY, "--loss", "fake_mse", "--no-torch", "--fake-section",
+                     "--plot", str(tmp_path / "p.png")]) == 0
+        capsys.readouterr()
+    assert run_json(capsys, "--loss", "fake_mse", "--no-torch")["sections"] == []
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_closed_pipe_ends_quietly(fmt):
+    """``fastloss bench ... | head -c 0``: the reader is gone before the output; no traceback, and the
+    exit status a shell gives a process ended by SIGPIPE (or 0)."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastloss.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "fastloss", "bench", *TINY, "--loss", "l1_loss", "--no-torch",
+                             *fmt], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader exits at once
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode in (0, 141), err
+
+
+def test_head_of_json_in_a_shell(tmp_path):
+    """The issue's command, as a shell runs it (small inputs): exit 0 or 141, no traceback."""
+    if not os.path.exists("/bin/bash"):
+        pytest.skip("no bash")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastloss.__file__)))
+    cmd = (f"set -o pipefail; '{sys.executable}' -m fastloss bench --quick --json {' '.join(TINY)} "
+           f"--loss l1_loss,mse_loss --no-torch 2>err.txt | head -c 600 > head.txt")
+    proc = subprocess.run(["/bin/bash", "-c", cmd], cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode in (0, 141)
+    assert "Traceback" not in (tmp_path / "err.txt").read_text()
+    assert (tmp_path / "head.txt").read_text().startswith("{")

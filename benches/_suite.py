@@ -1,22 +1,29 @@
 """What every benchmark class of the suite shares: inputs from the registry, JIT warm-up, the peers.
 
-One module per loss family (``bench_<family>.py``) declares three classes from these bases (whose
-names start with ``_``, so that asv does not take the bases themselves for benchmarks):
+The implementation is a benchmark *parameter*, so that every asv graph draws fastloss and its peers as
+lines side by side (asv draws one line per parameter combination):
 
-``<Family>``           fastloss itself: ``time_*`` of the value and of ``value_and_grad``, ``peakmem_*`` of
-                       ``value_and_grad`` (the value allocates nothing worth measuring);
-``<Family>Reference``  the family's float64 NumPy ``REFERENCE`` (value and gradients), on float64 copies;
-``<Family>Torch``      PyTorch CPU forward and forward + backward (skipped when torch is not importable).
+``fastloss``       fastloss on NumPy arrays;
+``torch``          PyTorch CPU on fastloss's thread count: forward (no autograd), forward + backward;
+``reference``      the family's float64 NumPy ``REFERENCE`` on float64 copies (it always computes value
+                   and gradients, so it appears in the value-and-gradient benchmarks only);
+``fastloss-cupy``  fastloss on CuPy arrays (Numba CUDA kernels), and
+``torch-cuda``     PyTorch on the GPU: both synchronised after every call, and skipped without a GPU.
 
-Parameters are the family's losses (from ``fastloss._registry.REGISTRY``) x ``SIZES`` x ``DTYPES``; the
-inputs are the family's ``BENCH[name](rng, dtype, size)``. ``setup`` raises ``NotImplementedError``, which
-asv reports as a skipped benchmark, when a family module (or PyTorch, or a PyTorch equivalent) is
-missing. Every ``setup`` calls the measured function once, so Numba's compilation (or loading from its
-cache) never lands inside a timing. Peak memory is asv's (the process's peak RSS), but every ``setup``
-ends by resetting the kernel's peak-RSS mark (Linux), so that ``peakmem_*`` is the memory held after
-setup (the inputs, the libraries) plus the peak of the measured call, not the temporaries of building
-the inputs or of the warm-up calls.
+One module per loss family (``bench_<family>.py``) declares two classes from these bases (whose names
+start with ``_``, so that asv does not take the bases for benchmarks): ``<Family>`` (``time_value``) and
+``<Family>Grad`` (``time_value_and_grad``, ``peakmem_value_and_grad``; the value alone allocates nothing
+worth measuring). Parameters: implementation x the family's losses (from the registry) x ``SIZES`` x
+``DTYPES``; inputs are the family's ``BENCH[name](rng, dtype, size)``. ``setup`` raises
+``NotImplementedError``, which asv reports as a skipped benchmark, where an implementation is missing
+(no PyTorch, no GPU, no such loss in PyTorch, no family module). Every ``setup`` calls the measured
+function once, so Numba's compilation (or loading from its cache) never lands inside a timing. Peak
+memory is asv's (the process's peak RSS; host memory only), but every ``setup`` ends by resetting the
+kernel's peak-RSS mark (Linux), so that ``peakmem_*`` is the memory held after setup plus the peak of
+the measured call, not the temporaries of building the inputs or of the warm-up calls.
 """
+import importlib.util
+
 import numpy as np
 
 import fastloss
@@ -27,15 +34,16 @@ from fastloss._registry import REGISTRY
 #: array: with the other inputs and the gradient, beyond the 32 MiB L3 cache)
 SIZES = [1 << 16, 1 << 22]
 DTYPES = ["float32", "float64"]
-PARAM_NAMES = ["loss", "size", "dtype"]
+IMPLS = ["fastloss", "torch", "reference", "fastloss-cupy", "torch-cuda"]
+PARAM_NAMES = ["impl", "loss", "size", "dtype"]
 #: asv's (min repeats, max repeats, max seconds) per round: enough samples for a median without the
 #: slow peers (the float64 reference on 16 Mi elements takes about a second) stretching a full run
 REPEAT = (1, 10, 2.0)
 
 
-def params(family: str) -> list:
-    """asv parameter grid of ``family``: its registered losses x sizes x dtypes."""
-    return [sorted(n for n, s in REGISTRY.items() if s.family == family), SIZES, DTYPES]
+def params(family: str, impls=IMPLS, sizes=SIZES, dtypes=DTYPES) -> list:
+    """asv parameter grid of ``family``: implementations x its registered losses x sizes x dtypes."""
+    return [list(impls), sorted(n for n, s in REGISTRY.items() if s.family == family), list(sizes), list(dtypes)]
 
 
 def make_case(name: str, size: int, dtype: str):
@@ -57,81 +65,112 @@ def reset_peak_rss() -> None:
         pass
 
 
-class _Loss:
-    """fastloss's value and value and gradient of one loss."""
+def _torch():
+    # imported in setup, not at module level: it would inflate every peakmem_ of fastloss
+    if importlib.util.find_spec("torch") is None:
+        raise NotImplementedError("PyTorch is not installed")
+    import torch
 
-    param_names = PARAM_NAMES
-    timeout = 600
-    repeat = REPEAT
-
-    def setup(self, name, size, dtype):
-        self.spec, self.case = make_case(name, size, dtype)
-        self.vg = fastloss.value_and_grad(self.spec.fn)
-        self._value()  # JIT warm-up: compile, or load Numba's cache
-        self._value_and_grad()
-        reset_peak_rss()
-
-    def _value(self):
-        return self.spec.fn(*self.case.args, **self.case.kwargs)
-
-    def _value_and_grad(self):
-        return self.vg(*self.case.args, **self.case.kwargs)
-
-    def time_value(self, *params):
-        self._value()
-
-    def time_value_and_grad(self, *params):
-        self._value_and_grad()
-
-    def peakmem_value_and_grad(self, *params):
-        self._value_and_grad()
+    torch.set_num_threads(fastloss.get_num_threads())
+    return torch
 
 
-class _Reference:
-    """The family's float64 NumPy reference (always value and gradients): the baseline fastloss beats."""
+def _cupy():
+    if importlib.util.find_spec("cupy") is None:
+        raise NotImplementedError("CuPy is not installed")
+    import cupy
 
-    param_names = PARAM_NAMES
-    timeout = 600
-    repeat = REPEAT
-
-    def setup(self, name, size, dtype):
-        spec, case = make_case(name, size, dtype)
-        self.reference = spec.reference
-        self.case = bench.as_float64(case)
-        reset_peak_rss()
-
-    def time_reference(self, *params):
-        self.reference(*self.case.args, **self.case.kwargs)
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise NotImplementedError("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        raise NotImplementedError(f"no usable CUDA device: {e}") from None
+    return cupy
 
 
+def cupy_case(case):
+    """``(case on the GPU, synchronise)``: every NumPy array of ``case`` copied to CuPy."""
+    cp = _cupy()
 
-class _Torch:
-    """PyTorch CPU on fastloss's thread count: forward (no autograd) and forward + backward."""
+    def up(a):
+        return cp.asarray(a) if isinstance(a, np.ndarray) else a
 
-    param_names = PARAM_NAMES
-    timeout = 600
-    repeat = REPEAT
+    on_gpu = bench.dataclasses.replace(case, args=tuple(up(a) for a in case.args),
+                                       kwargs={k: up(v) for k, v in case.kwargs.items()})
+    return on_gpu, cp.cuda.get_current_stream().synchronize
 
-    def setup(self, name, size, dtype):
-        try:
-            import torch  # imported here, not at module level: it would inflate every peakmem_ of fastloss
-        except ImportError:
-            raise NotImplementedError("PyTorch is not installed") from None
-        torch.set_num_threads(fastloss.get_num_threads())
-        spec, case = make_case(name, size, dtype)
-        calls = bench.torch_calls(torch, spec, case, bench.diff_positions(spec, case))
+
+def _synchronised(fn, sync):
+    def call():
+        out = fn()
+        sync()
+        return out
+
+    return call
+
+
+def implementation(impl: str, name: str, size: int, dtype: str) -> tuple:
+    """``(value, value_and_grad)`` callables of one implementation on one loss's input, either
+    ``None`` where it has no such operation; ``NotImplementedError`` where it is not available."""
+    spec, case = make_case(name, size, dtype)
+    pos = bench.diff_positions(spec, case)
+    if impl == "fastloss":
+        return bench.fastloss_calls(spec, case)
+    if impl == "reference":
+        return None, bench.reference_call(spec, case)
+    if impl in ("torch", "torch-cuda"):
+        torch = _torch()
+        device = None
+        if impl == "torch-cuda":
+            if not torch.cuda.is_available():
+                raise NotImplementedError("PyTorch sees no CUDA device")
+            device = "cuda"
+        calls = bench.torch_calls(torch, spec, case, pos, device=device)
         if calls is None:
             raise NotImplementedError(f"PyTorch has no equivalent of {name}")
-        self.forward, self.forward_backward = calls
-        self.forward()  # warm-up: lazy initialisation of PyTorch's kernels
-        self.forward_backward()
+        if device is None:
+            return calls
+        return tuple(_synchronised(c, torch.cuda.synchronize) for c in calls)
+    if impl == "fastloss-cupy":
+        on_gpu, sync = cupy_case(case)
+        return tuple(_synchronised(c, sync) for c in bench.fastloss_calls(spec, on_gpu))
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+class _Value:
+    """The value alone: fastloss's, PyTorch's forward (the reference has none: skipped)."""
+
+    param_names = PARAM_NAMES
+    timeout = 600
+    repeat = REPEAT
+
+    def setup(self, impl, name, size, dtype):
+        value, _ = implementation(impl, name, size, dtype)
+        if value is None:
+            raise NotImplementedError(f"{impl} computes value and gradients together")
+        self.value = value
+        self.value()  # warm-up: JIT compilation, PyTorch's lazy initialisation
         reset_peak_rss()
 
-    def time_forward(self, *params):
-        self.forward()
+    def time_value(self, *params):
+        self.value()
 
-    def time_forward_backward(self, *params):
-        self.forward_backward()
 
-    def peakmem_forward_backward(self, *params):
-        self.forward_backward()
+class _ValueAndGrad:
+    """Value and gradient: fastloss's ``value_and_grad``, PyTorch's forward + backward, the reference."""
+
+    param_names = PARAM_NAMES
+    timeout = 600
+    repeat = REPEAT
+
+    def setup(self, impl, name, size, dtype):
+        _, self.value_and_grad = implementation(impl, name, size, dtype)
+        if impl != "reference":  # the reference has no first-call cost, and is slow on big inputs
+            self.value_and_grad()
+        reset_peak_rss()
+
+    def time_value_and_grad(self, *params):
+        self.value_and_grad()
+
+    def peakmem_value_and_grad(self, *params):
+        self.value_and_grad()

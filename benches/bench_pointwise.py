@@ -1,14 +1,10 @@
-"""asv benchmarks of the pointwise family: fastloss, its float64 reference and PyTorch (see _suite)."""
+"""asv benchmarks of the pointwise family: fastloss beside PyTorch and its float64 reference (see _suite)."""
 from . import _suite
 
 
-class Pointwise(_suite._Loss):
+class Pointwise(_suite._Value):
     params = _suite.params("pointwise")
 
 
-class PointwiseReference(_suite._Reference):
-    params = _suite.params("pointwise")
-
-
-class PointwiseTorch(_suite._Torch):
+class PointwiseGrad(_suite._ValueAndGrad):
     params = _suite.params("pointwise")

@@ -1,14 +1,10 @@
-"""asv benchmarks of the ranking family: fastloss, its float64 reference and PyTorch (see _suite)."""
+"""asv benchmarks of the ranking family: fastloss beside PyTorch and its float64 reference (see _suite)."""
 from . import _suite
 
 
-class Ranking(_suite._Loss):
+class Ranking(_suite._Value):
     params = _suite.params("ranking")
 
 
-class RankingReference(_suite._Reference):
-    params = _suite.params("ranking")
-
-
-class RankingTorch(_suite._Torch):
+class RankingGrad(_suite._ValueAndGrad):
     params = _suite.params("ranking")

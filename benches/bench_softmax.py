@@ -1,14 +1,10 @@
-"""asv benchmarks of the softmax family: fastloss, its float64 reference and PyTorch (see _suite)."""
+"""asv benchmarks of the softmax family: fastloss beside PyTorch and its float64 reference (see _suite)."""
 from . import _suite
 
 
-class Softmax(_suite._Loss):
+class Softmax(_suite._Value):
     params = _suite.params("softmax")
 
 
-class SoftmaxReference(_suite._Reference):
-    params = _suite.params("softmax")
-
-
-class SoftmaxTorch(_suite._Torch):
+class SoftmaxGrad(_suite._ValueAndGrad):
     params = _suite.params("softmax")

@@ -1,14 +1,10 @@
-"""asv benchmarks of the triplet family: fastloss, its float64 reference and PyTorch (see _suite)."""
+"""asv benchmarks of the triplet family: fastloss beside PyTorch and its float64 reference (see _suite)."""
 from . import _suite
 
 
-class Triplet(_suite._Loss):
+class Triplet(_suite._Value):
     params = _suite.params("triplet")
 
 
-class TripletReference(_suite._Reference):
-    params = _suite.params("triplet")
-
-
-class TripletTorch(_suite._Torch):
+class TripletGrad(_suite._ValueAndGrad):
     params = _suite.params("triplet")

@@ -482,29 +482,32 @@ def import_torch(threads: int):
     return torch
 
 
-def to_torch(torch, a, requires_grad: bool = False):
-    """A NumPy array as a tensor sharing its memory (integer arrays as int64, PyTorch's index type);
-    anything else unchanged."""
+def to_torch(torch, a, requires_grad: bool = False, device=None):
+    """A NumPy array as a tensor sharing its memory (integer arrays as int64, PyTorch's index type),
+    or copied to ``device`` when one is given; anything else unchanged."""
     if not isinstance(a, np.ndarray):
         return a
     if a.dtype.kind in "iu":
         a = a.astype(np.int64, copy=False)
     t = torch.from_numpy(np.ascontiguousarray(a))
+    if device is not None:
+        t = t.to(device)
     return t.requires_grad_(True) if requires_grad else t
 
 
-def torch_calls(torch, spec: LossSpec, case, diff_pos: list, grad_output=None):
-    """``(forward, forward_backward)`` closures computing the loss in PyTorch, or ``None`` when
-    PyTorch has no such loss. ``forward_backward`` returns ``(value, grads)`` as NumPy-convertible
-    tensors, the gradients from ``torch.autograd.grad`` with ``grad_output`` (default: ones)."""
+def torch_calls(torch, spec: LossSpec, case, diff_pos: list, grad_output=None, device=None):
+    """``(forward, forward_backward)`` closures computing the loss in PyTorch (on ``device``, default
+    the CPU), or ``None`` when PyTorch has no such loss. ``forward_backward`` returns ``(value, grads)``
+    as tensors, the gradients from ``torch.autograd.grad`` with ``grad_output`` (default: ones). The
+    calls do not synchronise a GPU device: the caller does."""
     f = spec.torch_fn()
     if f is None:
         return None
-    kwargs = {k: to_torch(torch, v) for k, v in case.kwargs.items()}
-    plain = [to_torch(torch, a) for a in case.args]
-    leaves = [to_torch(torch, a, requires_grad=i in diff_pos) for i, a in enumerate(case.args)]
+    kwargs = {k: to_torch(torch, v, device=device) for k, v in case.kwargs.items()}
+    plain = [to_torch(torch, a, device=device) for a in case.args]
+    leaves = [to_torch(torch, a, requires_grad=i in diff_pos, device=device) for i, a in enumerate(case.args)]
     inputs = [leaves[i] for i in diff_pos]
-    incoming = None if grad_output is None else to_torch(torch, grad_output)
+    incoming = None if grad_output is None else to_torch(torch, grad_output, device=device)
 
     def forward():
         with torch.no_grad():

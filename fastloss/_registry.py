@@ -11,7 +11,7 @@ Each family module (``fastloss.families.NAME``) holds, keyed by the loss's publi
     (``grads`` a tuple in the order of ``diff``), used as ground truth by the tests and as a baseline
     by the benchmarks.
 ``CASES[name](rng, dtype) -> list[Case]``
-    small inputs covering every option, reduction and shape the SPEC names.
+    small inputs covering every option, reduction and shape the contract (docs/contract.md) names.
 ``BENCH[name](rng, dtype, size) -> Case``
     one realistic input; ``size`` is about the number of elements of the largest argument.
 ``TORCH[name](torch, *tensors, **kwargs)`` (optional)

@@ -1,4 +1,4 @@
-"""Argument checks shared by every loss, each with one wording (SPEC §4).
+"""Argument checks shared by every loss, each with one wording (the contract, docs/contract.md §4).
 
 All checks run before any kernel and never modify their arguments. They use only ``.shape`` and
 ``.dtype`` except where the values themselves must be checked (class indices, BCE's [0, 1] range); those
@@ -88,7 +88,7 @@ def in_closed_unit(name: str, value) -> float:
 
 
 def values_in_unit_interval(name: str, a) -> None:
-    """BCE's input and target: every value in [0, 1]. NaN passes and propagates (SPEC: NaN in the data is
+    """BCE's input and target: every value in [0, 1]. NaN passes and propagates (the contract: NaN in the data is
     never an error), although PyTorch's BCE kernel refuses it."""
     if a.size == 0:
         return

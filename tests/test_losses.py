@@ -2,7 +2,7 @@
 
 Ground truth is threefold: the family's float64 NumPy REFERENCE, PyTorch 2.13 (value and autograd
 gradients), and central finite differences of fastloss's own value (so a wrong reference cannot agree
-with a wrong kernel). Then the SPEC §4 rows that apply to every loss, unmodified inputs, odd memory
+with a wrong kernel). Then the contract §4 rows that apply to every loss, unmodified inputs, odd memory
 layouts and ``out=``.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _call_ref(spec, case, grad_output=None):
 
 # ---------------------------------------------------------------------------------------------------
 def test_every_loss_is_complete():
-    """Every SPEC §1 loss is registered and its family supplies reference, cases and benchmark input."""
+    """Every contract §1 loss is registered and its family supplies reference, cases and benchmark input."""
     spec_names = {
         "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss", "log_softmax",
         "softmax", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "hinge_embedding_loss",
@@ -206,7 +206,7 @@ def test_out_buffers_are_reused(spec, dtype, case):
         np.testing.assert_array_equal(got, want)
 
 
-# ------------------------------------------------------------------------------------- SPEC §4 rows
+# --------------------------------------------------------------------------------- contract §4 rows
 def _first_case(spec):
     return spec.cases(np.random.default_rng(SEED), np.float64)[0]
 

@@ -1,4 +1,4 @@
-"""SPEC §4: bad input gets a specific exception before any kernel runs; plus the package-level API."""
+"""Contract §4 (docs/contract.md): bad input gets a specific exception before any kernel runs; plus the package-level API."""
 import subprocess
 import sys
 

@@ -1124,8 +1124,8 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> tuple:
     return names, dtypes
 
 
-def main(args, parser: argparse.ArgumentParser) -> int:
-    """Run ``fastloss bench`` with parsed ``args``; returns the exit status."""
+def measure(args, parser: argparse.ArgumentParser) -> Report:
+    """The measurements ``fastloss bench`` makes with parsed ``args`` (``parser.error`` on bad ones)."""
     names, dtypes = check_arguments(parser, args)
     if args.threads is not None:
         import fastloss  # the public setter: it governs the Numba and the Cython kernels
@@ -1139,8 +1139,13 @@ def main(args, parser: argparse.ArgumentParser) -> int:
             bandwidth_elements=max(1 << 12, int(settings.bandwidth_elements * args.size_scale)))
     progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     sections = tuple(functools.partial(module.section, args) for module in section_modules())
-    report = run(names, settings, size=args.size, use_torch=not args.no_torch, progress_enabled=progress,
-                 sections=sections)
+    return run(names, settings, size=args.size, use_torch=not args.no_torch, progress_enabled=progress,
+               sections=sections)
+
+
+def main(args, parser: argparse.ArgumentParser) -> int:
+    """Run ``fastloss bench`` with parsed ``args``; returns the exit status."""
+    report = measure(args, parser)
     if args.plot is not None:  # before the output: a reader that stops early must not lose the plot
         write_plot(report, args.plot)
     if args.json:

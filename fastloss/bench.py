@@ -150,6 +150,10 @@ class Timing:
         return cls(mean, statistics.median(times), min(times), stdev / mean if mean > 0 else 0.0, len(times))
 
 
+#: A round of calls slower than this (seconds) may end the repeats before ``min_repeats`` rounds.
+SLOW_ROUND_S = 5.0
+
+
 def time_interleaved(calls: dict, settings: Settings, *, warmup=()):
     """Time several functions in alternation: ``{name: fn}`` → ``({name: Timing}, {name: last result})``.
 
@@ -161,8 +165,9 @@ def time_interleaved(calls: dict, settings: Settings, *, warmup=()):
     and on the headline input one call takes seconds: it goes without.)
 
     Rounds repeat for ``settings.budget_s`` seconds per function, at least ``min_repeats`` and at most
-    ``max_repeats`` times, except that once twice that budget has gone by the rounds stop: a slow peer
-    measured once or twice is still a fair comparison, and the run stays within its time.
+    ``max_repeats`` times, except that rounds longer than :data:`SLOW_ROUND_S` stop once twice that
+    budget has gone by: a slow peer measured once or twice is still a fair comparison, and the run
+    stays within its time.
     """
     for name in warmup:
         calls[name]()
@@ -180,9 +185,11 @@ def time_interleaved(calls: dict, settings: Settings, *, warmup=()):
             times[name].append(time.perf_counter() - t0)
         rounds += 1
         elapsed = time.perf_counter() - start
-        if rounds >= settings.max_repeats or elapsed > 2 * budget:
+        if rounds >= settings.max_repeats:
             break
         if rounds >= settings.min_repeats and elapsed >= budget:
+            break
+        if elapsed > 2 * budget and elapsed / rounds > SLOW_ROUND_S:
             break
     return {name: Timing.of(t) for name, t in times.items()}, results
 

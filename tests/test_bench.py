@@ -437,6 +437,22 @@ def test_interleaved_rounds_alternate_and_count():
     assert all(t.repeats == 3 for t in timings.values())
 
 
+def test_slow_rounds_stop_early_fast_ones_do_not(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def taking(seconds):
+        def call():
+            clock[0] += seconds
+        return call
+
+    settings = bench.Settings(budget_s=0.2, min_repeats=3, max_repeats=15)
+    fast, _ = bench.time_interleaved({"f": taking(0.1), "peer": taking(1.0)}, settings)
+    assert fast["f"].repeats == 3  # rounds of 1.1 s: slower than the budget, still min_repeats of them
+    slow, _ = bench.time_interleaved({"f": taking(0.1), "peer": taking(6.0)}, settings)
+    assert slow["f"].repeats == 1 and slow["peer"].mean_s == pytest.approx(6.0)
+
+
 def test_timing_reports_mean_and_spread():
     t = bench.Timing.of([1.0, 2.0, 6.0])
     assert t.mean_s == 3.0 and t.median_s == 2.0 and t.min_s == 1.0

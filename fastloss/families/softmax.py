@@ -871,7 +871,9 @@ def _coefficients(grad, reduction, denominator, loss_shape, shape):
     g = grad.scalar()
     if reduction == "mean":
         g = g / denominator if denominator != 0 else 0.0
-    return np.full(shape, g)
+    coef = np.empty(shape)
+    coef.fill(g)
+    return coef
 
 
 @_loop
@@ -996,9 +998,16 @@ def _readonly(a):
     return view
 
 
+_NO_GRADIENT = {}
+
+
 def _no_gradient(x):
-    """The stand-in gradient buffer of a value-only call: ``x``'s shape with no rows."""
-    return np.empty((0,) + x.shape[1:], dtype=x.dtype)
+    """The stand-in gradient buffer of a value-only call: an empty array of ``x``'s dtype and rank."""
+    key = (x.dtype, x.ndim)
+    a = _NO_GRADIENT.get(key)
+    if a is None:
+        a = _NO_GRADIENT[key] = np.empty((0,) + (1,) * (x.ndim - 1), dtype=x.dtype)
+    return a
 
 
 @_loop

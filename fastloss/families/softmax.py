@@ -343,6 +343,61 @@ def _ce_index_rows(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, wit
     return _row_sum(loss[lo:hi])
 
 
+@_loop
+def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
+    """:func:`_ce_index_rows` for a small call (all of it on the calling thread), one row at a time in
+    plain loops, the gradient straight from ``exp(x - max)``; the losses' float64 sum.
+
+    Small calls spend their time in fixed costs, not in these loops, and a first call with an empty
+    Numba cache compiles this kernel alone: a few seconds less than the pipelined row kernels or the
+    transposed tiles of the short rows, which pay off only on big inputs.
+    """
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    total = 0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        ti = t[i]
+        ignored = ti == ignore_index
+        m = -np.inf
+        for c in range(n_cls):
+            m = _larger(np.float64(xs[c]), m)
+        # what the loss needs, read before the gradient may overwrite xs (in place)
+        wt = 0.0 if ignored else np.float64(w[ti])
+        xt = 0.0 if ignored else np.float64(xs[ti])
+        dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+        s = 0.0
+        if with_grad:
+            os = out[i]
+            for c in range(n_cls):
+                e = exp(np.float64(xs[c]) - m)
+                os[c] = e
+                s += e
+        else:
+            for c in range(n_cls):
+                s += exp(np.float64(xs[c]) - m)
+        lse = m + log(s)
+        li = 0.0
+        big_s = 0.0
+        if not ignored:
+            li = (1.0 - eps) * wt * (lse - xt)
+            if eps > 0.0:
+                li += e_c * (wsum * lse - dot)
+            big_s = (1.0 - eps) * wt + e_c * wsum
+        loss[i] = li
+        total += li
+        if with_grad:
+            k = 0.0 if ignored else coef[i]
+            et = 0.0 if ignored else np.float64(os[ti])
+            a = k * big_s / s
+            b = k * e_c
+            for c in range(n_cls):
+                os[c] = np.float64(os[c]) * a - b * np.float64(w[c])
+            if not ignored:
+                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total
+
+
 # ================================================================================================
 # Cross entropy with class probabilities: one row
 # ================================================================================================
@@ -978,6 +1033,8 @@ def _run_cross_entropy(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad,
                     inplace, loss)
     x2, out2, coef1, loss1 = x3[:, :, 0], out3[:, :, 0], coef[:, 0], loss[:, 0]
     t2 = t[:, :, 0] if probabilities else t[:, 0]
+    if not probabilities and work < MIN_CHUNK:
+        return _ce_index_small(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
     if n_cls <= _SHORT_CLASSES:
         units = -(-n // _SHORT_ROWS)
         if probabilities:

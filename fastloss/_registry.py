@@ -85,9 +85,7 @@ class GradRequest:
             out = out[i] if i < len(out) else None
         elif i > 0:
             out = None
-        from ._dispatch import is_device_array
-
-        if is_device_array(like):
+        if type(like) is not np.ndarray and _is_device_array(like):
             from . import _cuda_arrays
 
             return _cuda_arrays.grad_buffer(out, like)
@@ -114,6 +112,12 @@ class GradRequest:
         from . import _cuda_arrays
 
         return _cuda_arrays.incoming(self.grad_output, shape, like)
+
+
+def _is_device_array(a) -> bool:
+    from ._dispatch import is_device_array
+
+    return is_device_array(a)
 
 
 def _host_grad_output(g):

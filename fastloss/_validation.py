@@ -135,7 +135,7 @@ def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
             return
         value = dev.first_outside(target, 0, n_classes, ignore_index)
         if value is not None:
-            raise IndexError(f"{name} {value} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
+            class_index_error(name, value, n_classes, ignore_index)
         return
     lo, hi = int(target.min()), int(target.max())
     if 0 <= lo and hi < n_classes:
@@ -144,8 +144,12 @@ def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
     bad = (target < 0) | (target >= n_classes)
     bad &= target != ignore_index
     if bool(bad.any()):
-        value = int(target[bad].ravel()[0])
-        raise IndexError(f"{name} {value} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
+        class_index_error(name, target[bad].ravel()[0], n_classes, ignore_index)
+
+
+def class_index_error(name: str, value, n_classes: int, ignore_index: int):
+    """Raise the ``IndexError`` of a class index ``value`` outside ``[0, n_classes)``."""
+    raise IndexError(f"{name} {int(value)} is out of bounds for {n_classes} classes (ignore_index={ignore_index})")
 
 
 def _numba_device_helpers(a):
@@ -231,7 +235,10 @@ def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True)
                 f"input of shape {tuple(x.shape)} needs class-index target of shape {want}, "
                 f"got target {tuple(t.shape)}"
             )
-        class_indices("target", t, n_classes, int(ignore_index))
+        if not isinstance(t, np.ndarray):
+            # NumPy targets are range-checked by the CPU drivers, in the pass over the targets they make
+            # anyway, before any kernel writes (fastloss.families.softmax._index_targets)
+            class_indices("target", t, n_classes, int(ignore_index))
     if w is not None:
         w = as_float("weight", w, x.dtype)
         if tuple(w.shape) != (n_classes,):

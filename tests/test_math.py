@@ -183,6 +183,60 @@ def test_special_values(name):
     np.testing.assert_array_equal(run(name, x), want)
 
 
+# Points whose IEEE result is exact (NumPy's libm must agree bit for bit), and points at the ends of the
+# finite range (largest and smallest finite results, subnormal arguments and results), within 1 ulp.
+_SUB64, _SUB32 = 5e-324, np.float32(1e-45)
+EXACT = {
+    "exp": [0.0, -0.0, -INF, INF, NAN, 710.0, 1e308, -746.0, -1e308, _SUB64, -_SUB64, 1e-300, -1e-300],
+    "log": [1.0, 0.0, -0.0, INF, -INF, NAN, -1.0, -_SUB64, -1e308],
+    "log1p": [0.0, -0.0, -1.0, INF, -INF, NAN, -2.0, _SUB64, -_SUB64, 1e-300, -1e-300, 2.0**-60],
+    "expf": [0.0, -0.0, -INF, INF, NAN, 89.0, 1e30, -104.0, -1e30, _SUB32, -_SUB32],
+    "logf": [1.0, 0.0, -0.0, INF, -INF, NAN, -1.0, -_SUB32, -1e30],
+}
+EDGES = {
+    "exp": [709.78, 709.782712893384, -708.39, -708.4, -720.0, -745.13, -740.0],
+    "log": [_SUB64, 2 * _SUB64, 2.2250738585072014e-308, 2.225073858507201e-308, 1.7976931348623157e308,
+            np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0)],
+    "log1p": [1.7976931348623157e308, -0.9999999999999999, 1e-17, -1e-17, np.nextafter(0.0, 1.0) * 2**52],
+    "expf": [88.72, 88.7228, -87.3, -87.4, -95.0, -103.9],
+    "logf": [_SUB32, np.float32(1.1754942e-38), np.float32(1.1754944e-38), np.float32(3.4028235e38),
+             np.nextafter(np.float32(1.0), np.float32(2.0)), np.nextafter(np.float32(1.0), np.float32(0.0))],
+}
+
+
+def _in_every_lane(points, dtype, copies=41):
+    """The points repeated at shifting offsets, so that each meets every SIMD lane, the unrolled vector
+    body and the scalar remainder of the loop."""
+    pts = np.array(points, dtype=dtype)
+    return np.concatenate([np.roll(pts, k) for k in range(copies)] + [pts[:k] for k in range(len(pts))])
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_exact_points_in_every_lane(name):
+    dtype = dtype_of(name)
+    x = _in_every_lane(EXACT[name], dtype)
+    with np.errstate(all="ignore"):
+        want = REFERENCE[name](x)
+    got = run(name, x)
+    np.testing.assert_array_equal(got, want)
+    # log(1) and log1p(0) are +0 (a -0 would turn a zero loss into -0 and back)
+    assert not np.signbit(run(name, np.ones(64, dtype) if name.startswith("log") and name != "log1p"
+                              else np.zeros(64, dtype))).any()
+
+
+@pytest.mark.parametrize("name", EDGES)
+def test_range_ends_in_every_lane(name):
+    dtype = dtype_of(name)
+    x = _in_every_lane(EDGES[name], dtype)
+    with np.errstate(all="ignore"):
+        want = REFERENCE[name](x)
+    got = run(name, x)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    finite = np.isfinite(want)
+    spacing = np.abs(np.spacing(want[finite].astype(dtype)))
+    assert np.all(np.abs(got[finite] - want[finite]) <= spacing), (x[finite], got[finite], want[finite])
+
+
 # --------------------------------------------------------------------------------------------------
 # The kernels vectorise and really carry the fast-math flags the functions must survive.
 # --------------------------------------------------------------------------------------------------

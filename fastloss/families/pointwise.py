@@ -15,16 +15,12 @@ Layout of this module:
 from __future__ import annotations
 
 import math
-import os
-import threading
 import types
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 
-from .._jit import device, get_num_threads, kernel
+from .._jit import device, get_num_threads, kernel, run_chunks
 from .._math import exp, log, log1p
 
 # ==================================================================================================
@@ -589,28 +585,9 @@ def _outside_unit_interval_chunk(c, nchunks, x):
 # --- the parallel loop ----------------------------------------------------------------------------
 # Threads, not prange: a prange kernel per loss roughly tripled each loss's first-call compile time
 # (Numba's parfor passes: about 2.5 s per loss and dtype) and, with one chunk, still woke the thread
-# pool. The chunk functions release the GIL (nogil), so plain Python threads run them in parallel;
-# inputs too small to split run on the calling thread with no threading cost at all.
-_POOL_LOCK = threading.Lock()
-_POOL = None  # (pid, ThreadPoolExecutor): a forked child must not inherit the parent's dead threads
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)  # the caller runs one chunk itself
-            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastloss"))
-        return _POOL[1]
-
-
-def _run_chunks(chunk, nchunks, *args):
-    """``[chunk(c, nchunks, *args) for c in range(nchunks)]``, the chunks running in parallel threads."""
-    if nchunks == 1:
-        return [chunk(0, 1, *args)]
-    futures = [_pool().submit(chunk, c, nchunks, *args) for c in range(1, nchunks)]
-    first = chunk(0, nchunks, *args)
-    return [first] + [f.result() for f in futures]
+# pool. The chunk functions release the GIL (nogil); fastloss._jit.run_chunks shares them among the
+# calling thread and a few pool threads, and inputs too small to split run on the calling thread alone.
+_run_chunks = run_chunks
 
 
 # ==================================================================================================

@@ -45,10 +45,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import overload
 
 from .. import _jit
+from .. import _validation as V
 from .._dispatch import scalar_result
 from .._math import _from_bits, exp, expf, log  # _from_bits: the float of a bit pattern (LLVM bitcast)
 from .._registry import Case
@@ -326,20 +327,75 @@ def _ce_index_row_grad(xs, m, nxt, ti, w, wsum, ignore_index, eps, k, os, inplac
     return loss, m_next
 
 
-@_jit.kernel
-def _ce_index_rows(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss, n_chunks):
-    """Cross entropy of the rows of ``x (R, C)`` with class indices ``t (R,)`` into ``loss (R,)``
-    (float64); ``with_grad``: also the gradient times ``coef (R,)`` into ``out`` (may be ``x``).
-    ``n_chunks`` runs of consecutive rows, each pipelining a row's max into the previous row's pass."""
-    for k in prange(n_chunks):
-        lo, hi = _chunk(k, n_chunks, x.shape[0])
-        m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
-        for i in range(lo, hi):
-            if not with_grad:
-                loss[i], m = _ce_index_row_value(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps)
-            else:
-                loss[i], m = _ce_index_row_grad(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps,
-                                                coef[i], out[i], inplace)
+@_loop
+def _ce_index_rows(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` runs of consecutive rows of ``x (R, C)`` with class
+    indices ``t (R,)`` into ``loss (R,)`` (float64); ``with_grad``: also the gradient times ``coef (R,)``
+    into ``out`` (may be ``x``). A run pipelines each row's max into the previous row's pass."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
+    for i in range(lo, hi):
+        if not with_grad:
+            loss[i], m = _ce_index_row_value(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps)
+        else:
+            loss[i], m = _ce_index_row_grad(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps,
+                                            coef[i], out[i], inplace)
+    return _row_sum(loss[lo:hi])
+
+
+@_loop
+def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
+    """:func:`_ce_index_rows` for a small call (all of it on the calling thread), one row at a time in
+    plain loops, the gradient straight from ``exp(x - max)``; the losses' float64 sum.
+
+    Small calls spend their time in fixed costs, not in these loops, and a first call with an empty
+    Numba cache compiles this kernel alone: a few seconds less than the pipelined row kernels or the
+    transposed tiles of the short rows, which pay off only on big inputs.
+    """
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    total = 0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        ti = t[i]
+        ignored = ti == ignore_index
+        m = -np.inf
+        for c in range(n_cls):
+            m = _larger(np.float64(xs[c]), m)
+        # what the loss needs, read before the gradient may overwrite xs (in place)
+        wt = 0.0 if ignored else np.float64(w[ti])
+        xt = 0.0 if ignored else np.float64(xs[ti])
+        dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+        s = 0.0
+        if with_grad:
+            os = out[i]
+            for c in range(n_cls):
+                e = exp(np.float64(xs[c]) - m)
+                os[c] = e
+                s += e
+        else:
+            for c in range(n_cls):
+                s += exp(np.float64(xs[c]) - m)
+        lse = m + log(s)
+        li = 0.0
+        big_s = 0.0
+        if not ignored:
+            li = (1.0 - eps) * wt * (lse - xt)
+            if eps > 0.0:
+                li += e_c * (wsum * lse - dot)
+            big_s = (1.0 - eps) * wt + e_c * wsum
+        loss[i] = li
+        total += li
+        if with_grad:
+            k = 0.0 if ignored else coef[i]
+            et = 0.0 if ignored else np.float64(os[ti])
+            a = k * big_s / s
+            b = k * e_c
+            for c in range(n_cls):
+                os[c] = np.float64(os[c]) * a - b * np.float64(w[c])
+            if not ignored:
+                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total
 
 
 # ================================================================================================
@@ -382,18 +438,19 @@ def _ce_prob_row(xs, m, nxt, qs, w, eps, k, os, with_grad, inplace):
     return sa * (m + log(s)) - sax, m_next
 
 
-@_jit.kernel
-def _ce_prob_rows(x, q, w, eps, coef, out, with_grad, inplace, loss, n_chunks):
-    """Cross entropy of the rows of ``x (R, C)`` with class probabilities ``q (R, C)`` into ``loss``;
-    ``with_grad``: also the gradient times ``coef (R,)`` into ``out`` (may be ``x``)."""
-    for k in prange(n_chunks):
-        lo, hi = _chunk(k, n_chunks, x.shape[0])
-        m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
-        no_row = np.empty(0, dtype=out.dtype)  # a stand-in for out[i] without a gradient
-        for i in range(lo, hi):
-            os = out[i] if with_grad else no_row
-            k_i = coef[i] if with_grad else 0.0
-            loss[i], m = _ce_prob_row(x[i], m, _next_row(x, i, hi), q[i], w, eps, k_i, os, with_grad, inplace)
+@_loop
+def _ce_prob_rows(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` runs of rows of ``x (R, C)`` with class probabilities
+    ``q (R, C)`` into ``loss``; ``with_grad``: also the gradient times ``coef (R,)`` into ``out`` (may be
+    ``x``)."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
+    no_row = np.empty(0, dtype=out.dtype)  # a stand-in for out[i] without a gradient
+    for i in range(lo, hi):
+        os = out[i] if with_grad else no_row
+        k_i = coef[i] if with_grad else 0.0
+        loss[i], m = _ce_prob_row(x[i], m, _next_row(x, i, hi), q[i], w, eps, k_i, os, with_grad, inplace)
+    return _row_sum(loss[lo:hi])
 
 # ================================================================================================
 # Channel tiles: positions lo:hi of batch n of an (N, C, B) array
@@ -533,17 +590,31 @@ def _ce_index_tile_grad(out, ts, w, wsum, ignore_index, eps, ks, s, wt, n, lo, h
             out[n, tb, lo + b] = k[b] * (et[b] * big_s[b] / s[b] - e_c * np.float64(w[tb]) - (1.0 - eps) * wt[b])
 
 
-@_jit.kernel
-def _ce_index_channels(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss):
-    """Cross entropy of ``x (N, C, B)`` with class indices ``t (N, B)`` into ``loss (N, B)`` (float64);
-    ``with_grad``: also the gradient times ``coef (N, B)`` into ``out`` (may be ``x``)."""
+@_loop
+def _items_total(loss, first, last, blk, n_blk):
+    """The float64 sum of ``loss (N, B)`` over the work items ``first:last`` of the channel kernels."""
+    total = 0.0
+    for item in range(first, last):
+        n = item // n_blk
+        lo = (item % n_blk) * blk
+        total += _row_sum(loss[n, lo:min(lo + blk, loss.shape[1])])
+    return total
+
+
+@_loop
+def _ce_index_channels(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` of the tiles of ``x (N, C, B)`` with class indices
+    ``t (N, B)`` into ``loss (N, B)`` (float64); ``with_grad``: also the gradient times ``coef (N, B)``
+    into ``out`` (may be ``x``)."""
     n_batch, n_cls, n_pos = x.shape
     blk, n_blk = _tile_blocks(n_cls, n_pos)
-    for item in prange(n_batch * n_blk):
+    first, last = _chunk(k, n_chunks, n_batch * n_blk)
+    for item in range(first, last):
         n = item // n_blk
         lo = (item % n_blk) * blk
         _ce_index_tile(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss, n, lo,
                        min(lo + blk, n_pos))
+    return _items_total(loss, first, last, blk, n_blk)
 
 
 @_loop
@@ -574,16 +645,19 @@ def _ce_prob_tile(x, q, w, eps, coef, out, with_grad, inplace, loss, n, lo, hi):
                 os[b] = ks[b] * (np.float64(os[b]) * sa[b] / s[b] - _prob_weight(qs[b], w[c], eps, e_c))
 
 
-@_jit.kernel
-def _ce_prob_channels(x, q, w, eps, coef, out, with_grad, inplace, loss):
-    """Cross entropy of ``x (N, C, B)`` with class probabilities ``q (N, C, B)`` into ``loss (N, B)``;
-    ``with_grad``: also the gradient times ``coef (N, B)`` into ``out`` (may be ``x``)."""
+@_loop
+def _ce_prob_channels(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` of the tiles of ``x (N, C, B)`` with class
+    probabilities ``q (N, C, B)`` into ``loss (N, B)``; ``with_grad``: also the gradient times
+    ``coef (N, B)`` into ``out`` (may be ``x``)."""
     n_batch, n_cls, n_pos = x.shape
     blk, n_blk = _tile_blocks(n_cls, n_pos)
-    for item in prange(n_batch * n_blk):
+    first, last = _chunk(k, n_chunks, n_batch * n_blk)
+    for item in range(first, last):
         n = item // n_blk
         lo = (item % n_blk) * blk
         _ce_prob_tile(x, q, w, eps, coef, out, with_grad, inplace, loss, n, lo, min(lo + blk, n_pos))
+    return _items_total(loss, first, last, blk, n_blk)
 
 
 # ================================================================================================
@@ -614,16 +688,16 @@ def _softmax_row(xs, m, nxt, ys, logarithm, gs, gxs, with_grad):
     return m_next
 
 
-@_jit.kernel
-def _softmax_rows(x, y, logarithm, g, gx, with_grad, n_chunks):
-    """:func:`_softmax_row` for every row of ``x (R, C)``; ``g``, ``gx`` ``(R, C)`` when ``with_grad``."""
-    for k in prange(n_chunks):
-        lo, hi = _chunk(k, n_chunks, x.shape[0])
-        m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
-        for i in range(lo, hi):
-            gs = g[i] if with_grad else x[i, :0]
-            gxs = gx[i] if with_grad else y[i, :0]
-            m = _softmax_row(x[i], m, _next_row(x, i, hi), y[i], logarithm, gs, gxs, with_grad)
+@_loop
+def _softmax_rows(k, n_chunks, x, y, logarithm, g, gx, with_grad):
+    """:func:`_softmax_row` for chunk ``k`` of ``n_chunks`` runs of rows of ``x (R, C)``; ``g``, ``gx``
+    ``(R, C)`` when ``with_grad``."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
+    for i in range(lo, hi):
+        gs = g[i] if with_grad else x[i, :0]
+        gxs = gx[i] if with_grad else y[i, :0]
+        m = _softmax_row(x[i], m, _next_row(x, i, hi), y[i], logarithm, gs, gxs, with_grad)
 
 
 @_loop
@@ -679,12 +753,13 @@ def _softmax_vjp_tile(y, logarithm, g, gx, n, lo, hi):
                 gxs[b] = ys[b] * (gs[b] - sums[b])
 
 
-@_jit.kernel
-def _softmax_channels(x, y, logarithm, g, gx, with_grad):
-    """:func:`_softmax_tile` over every tile of ``x (A, C, B)``."""
+@_loop
+def _softmax_channels(k, n_chunks, x, y, logarithm, g, gx, with_grad):
+    """:func:`_softmax_tile` over chunk ``k`` of ``n_chunks`` of the tiles of ``x (A, C, B)``."""
     n_batch, n_cls, n_pos = x.shape
     blk, n_blk = _tile_blocks(n_cls, n_pos)
-    for item in prange(n_batch * n_blk):
+    first, last = _chunk(k, n_chunks, n_batch * n_blk)
+    for item in range(first, last):
         n = item // n_blk
         lo = (item % n_blk) * blk
         _softmax_tile(x, y, logarithm, g, gx, with_grad, n, lo, min(lo + blk, n_pos))
@@ -725,12 +800,14 @@ def _short_block(k, n_rows):
     return lo, min(lo + _SHORT_ROWS, n_rows)
 
 
-@_jit.kernel
-def _ce_index_short(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
-    """:func:`_ce_index_rows` for rows of few classes (no ``inplace`` flag: the tiles are private)."""
+@_loop
+def _ce_index_short(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
+    """:func:`_ce_index_rows` for rows of few classes, chunk ``k`` of ``n_chunks`` of the blocks of
+    ``_SHORT_ROWS`` rows (no ``inplace`` flag: the tiles are private)."""
     n_rows = x.shape[0]
-    for k in prange((n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS):
-        lo, hi = _short_block(k, n_rows)
+    first, last = _chunk(k, n_chunks, (n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS)
+    for blk in range(first, last):
+        lo, hi = _short_block(blk, n_rows)
         tile = _rows_to_tile(x, lo, hi)
         ts = t[lo:hi].reshape(1, hi - lo)
         ls = loss[lo:hi].reshape(1, hi - lo)
@@ -739,14 +816,16 @@ def _ce_index_short(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss
         _ce_index_tile(tile, ts, w, wsum, ignore_index, eps, ks, tile, with_grad, True, ls, 0, 0, hi - lo)
         if with_grad:
             _tile_to_rows(tile, out, lo)
+    return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])
 
 
-@_jit.kernel
-def _ce_prob_short(x, q, w, eps, coef, out, with_grad, loss):
+@_loop
+def _ce_prob_short(k, n_chunks, x, q, w, eps, coef, out, with_grad, loss):
     """:func:`_ce_prob_rows` for rows of few classes."""
     n_rows = x.shape[0]
-    for k in prange((n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS):
-        lo, hi = _short_block(k, n_rows)
+    first, last = _chunk(k, n_chunks, (n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS)
+    for blk in range(first, last):
+        lo, hi = _short_block(blk, n_rows)
         tile = _rows_to_tile(x, lo, hi)
         qs = _rows_to_tile(q, lo, hi)
         ls = loss[lo:hi].reshape(1, hi - lo)
@@ -754,14 +833,16 @@ def _ce_prob_short(x, q, w, eps, coef, out, with_grad, loss):
         _ce_prob_tile(tile, qs, w, eps, ks, tile, with_grad, True, ls, 0, 0, hi - lo)
         if with_grad:
             _tile_to_rows(tile, out, lo)
+    return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])
 
 
-@_jit.kernel
-def _softmax_short(x, y, logarithm, g, gx, with_grad):
+@_loop
+def _softmax_short(k, n_chunks, x, y, logarithm, g, gx, with_grad):
     """:func:`_softmax_rows` for rows of few classes."""
     n_rows = x.shape[0]
-    for k in prange((n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS):
-        lo, hi = _short_block(k, n_rows)
+    first, last = _chunk(k, n_chunks, (n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS)
+    for blk in range(first, last):
+        lo, hi = _short_block(blk, n_rows)
         tile = _rows_to_tile(x, lo, hi)
         ys = np.empty_like(tile)
         # the VJP reads only y and g: its result may overwrite the private logits tile
@@ -777,7 +858,7 @@ def _softmax_short(x, y, logarithm, g, gx, with_grad):
 # ================================================================================================
 def _split_axis(shape, axis):
     """``(A, C, B)``: the elements before ``axis``, along it, and after it."""
-    return int(np.prod(shape[:axis], dtype=np.int64)), int(shape[axis]), int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
 def _gradient_buffer(grad, x, xc):
@@ -788,6 +869,8 @@ def _gradient_buffer(grad, x, xc):
     no kernel reads what it has overwritten.
     """
     out = grad.out_for(0, x)
+    if grad.out is None:  # a new array: shares nothing with the logits
+        return out, xc, False
     if out is x or (x.flags.c_contiguous and out.ctypes.data == x.ctypes.data):
         return out, xc, True
     if np.may_share_memory(out, xc):
@@ -795,18 +878,40 @@ def _gradient_buffer(grad, x, xc):
     return out, xc, False
 
 
-def _row_chunks(n_rows):
-    """Runs of consecutive rows for the row kernels: a few per thread (balance on a shared machine),
-    each paying one unpipelined max pass for its first row."""
-    return max(1, min(n_rows, 4 * _jit.get_num_threads()))
+#: Elements of work below which a call runs on the calling thread alone, and the least work of each
+#: further chunk. A chunk handed to a pool thread costs about 10-20 us (waking the thread, the GIL
+#: handover, Numba's argument unboxing), measured on the 2-core build machine; the serial kernels move
+#: 0.5-2 ns per element (cross entropy, softmax), so 2**16 elements (30-130 us of work) is where a
+#: second thread starts to pay: see DEVELOPING.md, "Threads".
+MIN_CHUNK = 1 << 16
+
+#: At most this many chunks per call: a few per thread balance a machine where other processes hold
+#: cores (a descheduled thread delays only the chunk it holds). Fixed, not derived from the thread
+#: count, so that the chunks, and every result, are the same whatever ``set_num_threads`` says.
+MAX_CHUNKS = 16
 
 
-def _reduce(loss, reduction, denominator, dtype, shape):
-    """The float64 per-element ``loss`` reduced as ``reduction`` (``'mean'`` divides by ``denominator``,
-    NaN when it is 0, as PyTorch), in ``dtype``; ``'none'`` gives ``shape``."""
+def _n_chunks(work, units):
+    """Chunks for ``work`` elements of work made of ``units`` indivisible pieces (rows, tiles, blocks)."""
+    return max(1, min(units, MAX_CHUNKS, work // MIN_CHUNK))
+
+
+def _run(kernel, work, units, *args):
+    """Run the chunk kernel ``kernel(k, n_chunks, *args)`` over its chunks; the float64 total of the
+    losses it returns, summed in chunk order."""
+    n = _n_chunks(work, units)
+    if n == 1:
+        return kernel(0, 1, *args)
+    parts = _jit.run_chunks(kernel, n, *args)
+    return None if parts[0] is None else math.fsum(parts)
+
+
+def _reduce(loss, total, reduction, denominator, dtype, shape):
+    """The float64 per-position ``loss`` (whose sum is ``total``) reduced as ``reduction``
+    (``'mean'`` divides by ``denominator``, NaN when it is 0, as PyTorch), in ``dtype``; ``'none'``
+    gives ``shape``."""
     if reduction == "none":
         return loss.reshape(shape).astype(dtype)
-    total = float(np.sum(loss))
     if reduction == "sum":
         return scalar_result(total, dtype)
     return scalar_result(total / denominator if denominator != 0 else math.nan, dtype)
@@ -821,22 +926,66 @@ def _coefficients(grad, reduction, denominator, loss_shape, shape):
     g = grad.scalar()
     if reduction == "mean":
         g = g / denominator if denominator != 0 else 0.0
-    return np.full(shape, g)
+    coef = np.empty(shape)
+    coef.fill(g)
+    return coef
 
 
-def _index_denominator(t, w, ignore_index):
-    """``sum(w[t_i])`` over the targets that are not ``ignore_index``: PyTorch's 'mean' divisor."""
-    kept = t[t != ignore_index] if np.any(t == ignore_index) else t.ravel()
-    return float(np.bincount(kept, minlength=w.size).astype(np.float64) @ w.astype(np.float64))
+@_loop
+def _index_scan(t, w, ignore_index, n_cls):
+    """``(sum(w[t_i]) over the targets that are not ignore_index, first bad position)`` of the flat
+    class indices ``t``: the 'mean' divisor of PyTorch, and the position of the first target outside
+    ``[0, n_cls)`` that is not ``ignore_index`` (-1 if none). ``w`` empty means weights of 1.
+
+    The range check of the class indices, done here in the pass the divisor needs anyway rather than
+    by ``min``/``max`` reductions before the call: the driver raises before any kernel writes."""
+    den = 0.0
+    for i in range(t.size):
+        ti = t[i]
+        if ti == ignore_index:
+            continue
+        if ti < 0 or ti >= n_cls:
+            return den, i
+        den += 1.0 if w.size == 0 else np.float64(w[ti])
+    return den, -1
+
+
+def _index_targets(t, x3, w, ignore_index):
+    """Class indices ``t`` as C-contiguous ``intp`` of shape ``(N, B)``, and PyTorch's 'mean' divisor.
+
+    Raises ``IndexError`` naming the first index outside ``[0, C)`` that is not ``ignore_index``."""
+    n, n_cls, n_pos = x3.shape
+    tk = t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp)
+    tk = tk.reshape(n, n_pos)
+    den, bad = _index_scan(tk.reshape(-1), w, ignore_index, n_cls)
+    if bad >= 0:
+        V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
+    return tk, den
+
+
+_ONES = {}
+
+
+def _ones(n, dtype):
+    """A read-only array of ``n`` ones of ``dtype`` (cached): the class weight of a call without one."""
+    key = (n, dtype)
+    a = _ONES.get(key)
+    if a is None:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        a = _ONES[key] = _readonly(np.ones(n, dtype=dtype))
+    return a
 
 
 def _class_view(x):
     """``x`` as ``(N, C, B)`` (C-contiguous; a ``(C,)`` input is ``(1, C, 1)``) and the loss's shape."""
-    xc = np.ascontiguousarray(x)
-    if x.ndim == 1:
-        return xc.reshape(1, x.shape[0], 1), ()
-    n, c, b = _split_axis(x.shape, 1)
-    return xc.reshape(n, c, b), (x.shape[0],) + tuple(x.shape[2:])
+    xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    shape = x.shape
+    if len(shape) == 1:
+        return xc.reshape(1, shape[0], 1), ()
+    if len(shape) == 2:
+        return xc.reshape(shape[0], shape[1], 1), (shape[0],)
+    return xc.reshape(shape[0], shape[1], math.prod(shape[2:])), (shape[0],) + shape[2:]
 
 
 def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
@@ -845,14 +994,16 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
     n, n_cls, n_pos = x3.shape
     probabilities = t.dtype.kind == "f"
     # a class weight of ones stands in for "no weight": one compiled kernel serves both
-    wc = np.ones(n_cls, dtype=x.dtype) if w is None else np.ascontiguousarray(w)
+    if w is None:
+        wc, wsum = _ones(n_cls, x.dtype), float(n_cls)
+    else:
+        wc = _readonly(np.ascontiguousarray(w))
+        wsum = float(np.sum(wc, dtype=np.float64))
     if probabilities:
         tk = np.ascontiguousarray(t).reshape(x3.shape)
         denominator = float(n * n_pos) if x3.size else 0.0  # PyTorch: 'mean' of an empty input is NaN
     else:
-        tk = np.ascontiguousarray(t, dtype=np.intp).reshape(n, n_pos)
-        denominator = _index_denominator(tk, wc, ignore_index)
-    wsum = float(np.sum(wc, dtype=np.float64))
+        tk, denominator = _index_targets(t, x3, wc, ignore_index)
     # without classes every target is ignore_index (or the targets are empty): no kernel, losses 0
     loss = np.empty((n, n_pos)) if x3.size else np.zeros((n, n_pos))
     # without a gradient, an empty buffer and coefficients the kernels do not read stand in (one
@@ -862,81 +1013,119 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
         out, xk, inplace = _gradient_buffer(grad, x, x3)
         out3 = out.reshape(x3.shape)
         coef = _coefficients(grad, reduction, denominator, loss_shape, loss.shape)
+    total = 0.0
     if x3.size:
-        _run_cross_entropy(_readonly(xk), _readonly(tk), _readonly(wc), wsum, ignore_index, label_smoothing, coef,
-                           out3, grad is not None, inplace, loss, probabilities)
-    value = _reduce(loss, reduction, denominator, x.dtype, loss_shape)
+        total = _run_cross_entropy(_readonly(xk), _readonly(tk), wc, wsum, ignore_index, label_smoothing, coef,
+                                   out3, grad is not None, inplace, loss, probabilities)
+    value = _reduce(loss, total, reduction, denominator, x.dtype, loss_shape)
     return value if grad is None else (value, (out,))
 
 
 def _run_cross_entropy(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad, inplace, loss, probabilities):
-    """Pick the short-row, row (one position per ``n``) or channel kernel and run it."""
+    """Pick the short-row, row (one position per ``n``) or channel kernel and run it; the losses' sum."""
     n, n_cls, n_pos = x3.shape
+    work = x3.size
     if n_pos > 1:
+        units = n * _tile_blocks(n_cls, n_pos)[1]
         if probabilities:
-            _ce_prob_channels(x3, t, w, eps, coef, out3, with_grad, inplace, loss)
-        else:
-            _ce_index_channels(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad, inplace, loss)
-        return
+            return _run(_ce_prob_channels, work, units, x3, t, w, eps, coef, out3, with_grad, inplace, loss)
+        return _run(_ce_index_channels, work, units, x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad,
+                    inplace, loss)
     x2, out2, coef1, loss1 = x3[:, :, 0], out3[:, :, 0], coef[:, 0], loss[:, 0]
     t2 = t[:, :, 0] if probabilities else t[:, 0]
-    if n_cls <= _SHORT_CLASSES and probabilities:
-        _ce_prob_short(x2, t2, w, eps, coef1, out2, with_grad, loss1)
-    elif n_cls <= _SHORT_CLASSES:
-        _ce_index_short(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
-    elif probabilities:
-        _ce_prob_rows(x2, t2, w, eps, coef1, out2, with_grad, inplace, loss1, _row_chunks(n))
-    else:
-        _ce_index_rows(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, inplace, loss1, _row_chunks(n))
+    if not probabilities and work < MIN_CHUNK:
+        return _ce_index_small(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
+    if n_cls <= _SHORT_CLASSES:
+        units = -(-n // _SHORT_ROWS)
+        if probabilities:
+            return _run(_ce_prob_short, work, units, x2, t2, w, eps, coef1, out2, with_grad, loss1)
+        return _run(_ce_index_short, work, units, x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
+    if probabilities:
+        return _run(_ce_prob_rows, work, n, x2, t2, w, eps, coef1, out2, with_grad, inplace, loss1)
+    return _run(_ce_index_rows, work, n, x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, inplace, loss1)
 
 
 def _readonly(a):
     """A read-only view of ``a``: the kernels see every input with one type whether the caller's array
     was writeable or not (Numba compiles a kernel once per argument type)."""
+    if not a.flags.writeable:
+        return a
     view = a.view()
     view.flags.writeable = False
     return view
 
 
+_NO_GRADIENT = {}
+
+
 def _no_gradient(x):
-    """The stand-in gradient buffer of a value-only call: ``x``'s shape with no rows."""
-    return np.empty((0,) + x.shape[1:], dtype=x.dtype)
+    """The stand-in gradient buffer of a value-only call: an empty array of ``x``'s dtype and rank."""
+    key = (x.dtype, x.ndim)
+    a = _NO_GRADIENT.get(key)
+    if a is None:
+        a = _NO_GRADIENT[key] = np.empty((0,) + (1,) * (x.ndim - 1), dtype=x.dtype)
+    return a
+
+
+@_loop
+def _nll_chunk(k, n_chunks, x, t, w, ignore_index, coef, out, with_grad, loss):
+    """``nll_loss`` of chunk ``k`` of ``n_chunks`` of the batch of ``x (N, C, B)`` with class indices
+    ``t (N, B)``: ``loss = -w_t x_t`` (0 where ignored; ``w`` empty means weights of 1), and with
+    ``with_grad`` the gradient ``out`` (zero but ``-w_t coef`` at each target); the losses' sum.
+
+    An ignored position adds 0 even where its logit is NaN; a zero weight times an infinite
+    log-probability is NaN, as in PyTorch."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    total = 0.0
+    for i in range(lo, hi):
+        for b in range(x.shape[2]):
+            ti = t[i, b]
+            li = 0.0
+            if ti != ignore_index:
+                li = -(1.0 if w.size == 0 else np.float64(w[ti])) * np.float64(x[i, ti, b])
+                total += li
+            loss[i, b] = li
+        if with_grad:  # row i of x is read: out may be x itself (in place)
+            row = out[i].reshape(-1)
+            for j in range(row.size):
+                row[j] = 0
+            for b in range(x.shape[2]):
+                ti = t[i, b]
+                if ti != ignore_index:
+                    out[i, ti, b] = -(1.0 if w.size == 0 else np.float64(w[ti])) * coef[i, b]
+    return total
 
 
 def nll(x, t, w, ignore_index, reduction, grad):
-    """Driver of ``fastloss.nll_loss``: a gather of the target log-probabilities (NumPy, ``O(N)``)."""
+    """Driver of ``fastloss.nll_loss``: one fused gather of the target log-probabilities."""
     x3, loss_shape = _class_view(x)
     n, n_cls, n_pos = x3.shape
-    tk = np.ascontiguousarray(t, dtype=np.intp).reshape(n, n_pos)
-    valid = tk != ignore_index
-    safe = np.where(valid, tk, 0)  # any class index where the target is ignored: masked below
-    if n_cls == 0:  # every target is ignore_index then (checked by the caller)
-        wt = xt = np.zeros(tk.shape)
-    else:
-        wt = np.ones(tk.shape) if w is None else np.asarray(w, dtype=np.float64)[safe]
-        wt = np.where(valid, wt, 0.0)
-        xt = np.take_along_axis(x3, safe[:, None, :], axis=1)[:, 0, :].astype(np.float64)
-    # -w_t * x_t only where the target counts: an ignored position adds 0 even where its logit is NaN;
-    # a zero weight times an infinite log-probability is NaN, as in PyTorch (no warning for it)
-    with np.errstate(invalid="ignore"):
-        loss = np.where(valid, -wt * xt, 0.0)
-    denominator = float(np.sum(wt))
-    value = _reduce(loss, reduction, denominator, x.dtype, loss_shape)
-    if grad is None:
-        return value
-    out = grad.out_for(0, x)
-    coef = np.where(valid, _coefficients(grad, reduction, denominator, loss_shape, valid.shape), 0.0)
-    out3 = out.reshape(x3.shape)
-    out3[...] = 0
-    if n_cls:
-        np.put_along_axis(out3, safe[:, None, :], (-wt * coef)[:, None, :].astype(x.dtype), axis=1)
-    return value, (out,)
+    wk = _NO_WEIGHT if w is None else _readonly(np.ascontiguousarray(w, dtype=np.float64))
+    tk, denominator = _index_targets(t, x3, wk, ignore_index)
+    loss = np.empty((n, n_pos))
+    out, out3, coef = None, _no_gradient(x3), loss
+    if grad is not None:
+        out, x3, _ = _gradient_buffer(grad, x, x3)
+        out3 = out.reshape(x3.shape)
+        coef = _coefficients(grad, reduction, denominator, loss_shape, loss.shape)
+    total = 0.0
+    if loss.size:
+        work = x3.size if grad is not None else loss.size
+        total = _run(_nll_chunk, work, n, _readonly(x3), _readonly(tk), wk, ignore_index, coef, out3,
+                     grad is not None, loss)
+    elif out is not None:
+        out[...] = 0
+    value = _reduce(loss, total, reduction, denominator, x.dtype, loss_shape)
+    return value if grad is None else (value, (out,))
+
+
+_NO_WEIGHT = _readonly(np.empty(0))
 
 
 def _softmax_driver(x, axis, grad, logarithm):
     """``log_softmax`` / ``softmax`` of ``x`` along ``axis``, and the vector-Jacobian product."""
     a, c, b = _split_axis(x.shape, axis)
-    xc = np.ascontiguousarray(x).reshape(a, c, b)
+    xc = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(a, c, b)
     y = np.empty(x.shape, dtype=x.dtype)
     y3 = y.reshape(a, c, b)
     g3 = gx3 = _no_gradient(xc)  # stand-ins, not read without a gradient
@@ -949,12 +1138,14 @@ def _softmax_driver(x, axis, grad, logarithm):
     xc, g3 = _readonly(xc), _readonly(g3)
     if x.size:
         with_grad = grad is not None
+        work = x.size
         if b == 1 and c <= _SHORT_CLASSES:
-            _softmax_short(xc[:, :, 0], y3[:, :, 0], logarithm, g3[:, :, 0], gx3[:, :, 0], with_grad)
+            _run(_softmax_short, work, -(-a // _SHORT_ROWS), xc[:, :, 0], y3[:, :, 0], logarithm, g3[:, :, 0],
+                 gx3[:, :, 0], with_grad)
         elif b == 1:
-            _softmax_rows(xc[:, :, 0], y3[:, :, 0], logarithm, g3[:, :, 0], gx3[:, :, 0], with_grad, _row_chunks(a))
+            _run(_softmax_rows, work, a, xc[:, :, 0], y3[:, :, 0], logarithm, g3[:, :, 0], gx3[:, :, 0], with_grad)
         else:
-            _softmax_channels(xc, y3, logarithm, g3, gx3, with_grad)
+            _run(_softmax_channels, work, a * _tile_blocks(c, b)[1], xc, y3, logarithm, g3, gx3, with_grad)
     return y if grad is None else (y, (gx,))
 
 

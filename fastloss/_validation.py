@@ -262,21 +262,22 @@ def linear_classification(x, lw, t, b, w, ignore_index):
     dtypes = {np.dtype(a.dtype) for a in (x, lw, b) if a is not None}
     if len(dtypes) > 1:
         raise TypeError(f"input, linear_weight and linear_bias must have one dtype, got {', '.join(map(str, dtypes))}")
+    xs, ws = tuple(x.shape), tuple(lw.shape)  # tuples: device arrays' shapes refuse [-1]
     if x.ndim not in (1, 2):
         raise ValueError(f"input must be (N, H) or (H,), got shape {tuple(x.shape)}")
-    if lw.ndim != 2 or lw.shape[1] != x.shape[-1]:
+    if lw.ndim != 2 or ws[1] != xs[-1]:
         raise ValueError(
-            f"linear_weight must be (V, {x.shape[-1]}) for input of shape {tuple(x.shape)}, "
+            f"linear_weight must be (V, {xs[-1]}) for input of shape {tuple(x.shape)}, "
             f"got linear_weight {tuple(lw.shape)}"
         )
-    n_cls = lw.shape[0]
+    n_cls = ws[0]
     if b is not None and tuple(b.shape) != (n_cls,):
         raise ValueError(f"linear_bias must have shape ({n_cls},) for linear_weight {tuple(lw.shape)}, got {tuple(b.shape)}")
     if w is not None:
         w = as_float("weight", w, x.dtype)
         if tuple(w.shape) != (n_cls,):
             raise ValueError(f"weight must have shape ({n_cls},) for {n_cls} classes, got {tuple(w.shape)}")
-    rows = () if x.ndim == 1 else (x.shape[0],)
+    rows = () if x.ndim == 1 else (xs[0],)
     tdt = np.dtype(t.dtype)
     if tdt.kind == "f":
         if tuple(t.shape) != rows + (n_cls,):

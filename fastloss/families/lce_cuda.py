@@ -138,11 +138,11 @@ def class_weight(w, has_w, c):
 # --------------------------------------------------------------------------------------------------
 # The row kernel
 # --------------------------------------------------------------------------------------------------
-def _make_rows(ft):
+def _make_rows(ft, name):
     """The row kernel for data of Numba type ``ft`` (float32 or float64): ``ft(...)`` rounds the
-    per-row factors to the data's type so the per-element maths stays in it."""
+    per-row factors to the data's type so the per-element maths stays in it. ``name``: the
+    module-level name it is bound to (so that tools can find it by its qualified name)."""
 
-    @cuda.jit
     def rows(x, C, K, gx, with_grad, bias, has_bias, cap, has_cap, prob, t, q, w, has_w, wsum_buf, ignore, eps,
              lam, loss_out, row0, gs, gv, gstep, reduce, inv_den, den_buf, use_den_buf):
         """Loss (float64, into ``loss_out[r]``) and, ``with_grad``, gradient (into ``gx``, which may
@@ -236,19 +236,18 @@ def _make_rows(ft):
                     gx[i] = d
             cuda.syncthreads()  # every thread is done with row r (and buf) before the next row
 
-    return rows
+    rows.__name__ = rows.__qualname__ = name
+    return cuda.jit(rows)
 
 
-_ROWS = {}
+# compiled on their first launch
+_rows_float32 = _make_rows(float32, "_rows_float32")
+_rows_float64 = _make_rows(float64, "_rows_float64")
 
 
 def rows_kernel(dtype):
-    """The row kernel for ``dtype`` (compiled lazily, once per dtype)."""
-    key = np.dtype(dtype)
-    kernel = _ROWS.get(key)
-    if kernel is None:
-        kernel = _ROWS[key] = _make_rows(float32 if key == np.float32 else float64)
-    return kernel
+    """The row kernel for float32 or float64 data."""
+    return _rows_float32 if np.dtype(dtype) == np.float32 else _rows_float64
 
 
 @cuda.jit

@@ -198,15 +198,17 @@ def value_and_grad(f: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
 
     ``grads`` is one array for single-prediction losses and a tuple, in argument order, for losses with
     several differentiated inputs (``margin_ranking_loss``, ``cosine_embedding_loss``: ``(input1,
-    input2)``; ``triplet_margin_loss``: ``(anchor, positive, negative)``). Each gradient has the shape
-    and dtype of its input and lives on the same device.
+    input2)``; ``triplet_margin_loss``: ``(anchor, positive, negative)``). An optional differentiated
+    input that is left out (``linear_cross_entropy``'s ``linear_bias=None``) has no gradient. Each
+    gradient has the shape and dtype of its input and lives on the same device.
     """
     spec = _spec_of(f)
 
     @functools.wraps(f)
     def vg(*args, grad_output=None, out=None, **kwargs):
         value, grads = f(*args, _grad=GradRequest(grad_output, out), **kwargs)
-        return value, (grads[0] if len(spec.diff) == 1 else tuple(grads))
+        # an optional differentiated input left out (None) has no gradient: count what came back
+        return value, (grads[0] if len(grads) == 1 else tuple(grads))
 
     sig = inspect.signature(f)
     extra = [

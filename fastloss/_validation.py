@@ -244,3 +244,75 @@ def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True)
         if tuple(w.shape) != (n_classes,):
             raise ValueError(f"weight must have shape ({n_classes},) for {n_classes} classes, got {tuple(w.shape)}")
     return x, t, w
+
+
+def large_vocabulary_options(z_loss, softcap):
+    """``z_loss >= 0`` and ``softcap`` either ``None`` or ``> 0`` (``ValueError`` otherwise).
+    Returns ``(float(z_loss), None or float(softcap))``."""
+    z_loss = float(z_loss)
+    if not z_loss >= 0:
+        raise ValueError(f"z_loss must be non-negative, got {z_loss}")
+    if softcap is not None:
+        softcap = float(softcap)
+        if not softcap > 0:
+            raise ValueError(f"softcap must be greater than 0 (or None), got {softcap}")
+    return z_loss, softcap
+
+
+def chunk_size(value):
+    """``None`` or an integer ``>= 1`` (``ValueError`` otherwise; ``TypeError`` for a non-integer)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"chunk_size must be an integer or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {value}")
+    return int(value)
+
+
+def linear_classification(x, lw, t, b, w, ignore_index):
+    """Check ``linear_cross_entropy``'s ``(input, linear_weight, target, linear_bias, weight)``.
+
+    ``input (N, H)`` or ``(H,)`` and ``linear_weight (V, H)`` of one float dtype, ``linear_bias (V,)``
+    of that dtype; ``target`` class indices ``(N,)`` (``()`` for a 1-D input) in ``[0, V)`` or
+    ``ignore_index``, or float probabilities ``(N, V)`` (``(V,)``) converted to input's dtype;
+    ``weight (V,)``. Shapes are checked before class indices. Returns ``(t, w)``.
+    """
+    prediction("input", x)
+    prediction("linear_weight", lw)
+    if b is not None:
+        prediction("linear_bias", b)
+    dtypes = {np.dtype(a.dtype) for a in (x, lw, b) if a is not None}
+    if len(dtypes) > 1:
+        raise TypeError(f"input, linear_weight and linear_bias must have one dtype, got {', '.join(map(str, dtypes))}")
+    xs, ws = tuple(x.shape), tuple(lw.shape)  # tuples: device arrays' shapes refuse [-1]
+    if x.ndim not in (1, 2):
+        raise ValueError(f"input must be (N, H) or (H,), got shape {tuple(x.shape)}")
+    if lw.ndim != 2 or ws[1] != xs[-1]:
+        raise ValueError(
+            f"linear_weight must be (V, {xs[-1]}) for input of shape {tuple(x.shape)}, "
+            f"got linear_weight {tuple(lw.shape)}"
+        )
+    n_cls = ws[0]
+    if b is not None and tuple(b.shape) != (n_cls,):
+        raise ValueError(f"linear_bias must have shape ({n_cls},) for linear_weight {tuple(lw.shape)}, got {tuple(b.shape)}")
+    if w is not None:
+        w = as_float("weight", w, x.dtype)
+        if tuple(w.shape) != (n_cls,):
+            raise ValueError(f"weight must have shape ({n_cls},) for {n_cls} classes, got {tuple(w.shape)}")
+    rows = () if x.ndim == 1 else (xs[0],)
+    tdt = np.dtype(t.dtype)
+    if tdt.kind == "f":
+        if tuple(t.shape) != rows + (n_cls,):
+            raise ValueError(
+                f"probability target must have shape {rows + (n_cls,)} for input {tuple(x.shape)} and "
+                f"linear_weight {tuple(lw.shape)}, got target {tuple(t.shape)}"
+            )
+        t = as_float("target", t, x.dtype)
+    else:
+        if tdt.kind not in "iu":
+            raise TypeError(f"target must hold integer class indices or float probabilities, got dtype {tdt}")
+        if tuple(t.shape) != rows:
+            raise ValueError(f"input of shape {tuple(x.shape)} needs class-index target of shape {rows}, got {tuple(t.shape)}")
+        class_indices("target", t, n_cls, int(ignore_index))
+    return t, w

@@ -19,7 +19,7 @@ __all__ = [
     "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "mape_loss", "rmse_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "log_loss",
     "l1_penalty", "l2_penalty",
-    "log_softmax", "softmax", "nll_loss", "cross_entropy",
+    "log_softmax", "softmax", "nll_loss", "cross_entropy", "linear_cross_entropy",
     "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss", "triplet_margin_loss",
 ]
 
@@ -321,7 +321,8 @@ def nll_loss(
 @loss(diff=("input",), family="softmax")
 def cross_entropy(
     input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, ignore_index: int = -100,
-    reduction: str = "mean", label_smoothing: float = 0.0, *, _grad: GradRequest | None = None
+    reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+    softcap: float | None = None, _grad: GradRequest | None = None
 ) -> Array:
     """Cross entropy of logits ``input`` (log-softmax and NLL fused); classes on axis 1.
 
@@ -334,15 +335,78 @@ def cross_entropy(
     ``(N, d1, ..., dk)`` of any integer dtype, or probabilities of input's shape; weight ``(C,)``.
     The gradient is ``softmax(input) * sum_c(...) - ...`` written in the same pass over each row.
 
+    Two keyword-only options beyond PyTorch (Liger-Kernel's and cut-cross-entropy's): ``softcap=s > 0``
+    replaces the logits by ``z = s * tanh(input / s)`` before everything else (the gradient flows
+    through the tanh: ``dz/dx = 1 - (z / s)**2``); ``z_loss=lam >= 0`` adds ``lam * u_i * lse_i**2``
+    to each non-ignored position's loss, ``lse_i`` the log-sum-exp of its (softcapped) logits and
+    ``u_i = w[t_i]`` (1 without weights and for probability targets), with the same ``'mean'``
+    denominator as above; its gradient is ``2 * lam * u_i * lse_i * softmax(z)``. With the defaults
+    (``z_loss=0.0, softcap=None``) the result is PyTorch's, from the same kernels as without them.
+    ``softcap <= 0`` or ``z_loss < 0`` is a ``ValueError``.
+
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.cross_entropy(np.array([[2.0, 0.0, -1.0]]), np.array([0]))), 6)
     0.169846
+    >>> round(float(fl.cross_entropy(np.array([[2.0, 0.0, -1.0]]), np.array([0]), z_loss=1e-4, softcap=30.0)), 6)
+    0.170794
     """
     V.reduction(reduction)
     ls = V.in_closed_unit("label_smoothing", label_smoothing)
+    z_loss, softcap = V.large_vocabulary_options(z_loss, softcap)
     be, (x, t, w) = prepare(input=input, target=target, weight=weight)
     x, t, w = V.classification(x, t, w, ignore_index)
-    return family(be, "softmax").cross_entropy(x, t, w, int(ignore_index), reduction, ls, _grad)
+    if z_loss == 0.0 and softcap is None:
+        return family(be, "softmax").cross_entropy(x, t, w, int(ignore_index), reduction, ls, _grad)
+    return family(be, "lce").cross_entropy(x, t, w, int(ignore_index), reduction, ls, z_loss, softcap, _grad)
+
+
+@loss(diff=("input", "linear_weight", "linear_bias"), family="lce")
+def linear_cross_entropy(
+    input: ArrayIn, linear_weight: ArrayIn, target: ArrayIn, *, linear_bias: ArrayIn | None = None,
+    weight: ArrayIn | None = None, reduction: str = "mean", ignore_index: int | None = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+    chunk_size: int | None = None, _grad: GradRequest | None = None
+) -> Array:
+    """Cross entropy of a linear layer's output, ``cross_entropy(input @ linear_weight.T + linear_bias,
+    target, ...)``, without ever holding the whole ``(N, V)`` logits (torch 2.13's
+    ``F.linear_cross_entropy``, plus ``z_loss`` and ``softcap`` as in :func:`cross_entropy`).
+
+    Shapes: ``input (N, H)`` or ``(H,)``; ``linear_weight (V, H)``; ``linear_bias (V,)``; ``target``
+    class indices ``(N,)`` (``()`` for a 1-D input) of any integer dtype, or probabilities ``(N, V)``
+    (``(V,)``); ``weight (V,)``. ``ignore_index=None`` means -100 for class indices. The loss of row
+    ``i`` is that of :func:`cross_entropy` on the logits ``z_i = W x_i + b`` (softcapped when asked);
+    ``'mean'`` divides by ``sum_i w[t_i]`` over non-ignored rows (index targets) or by ``N``
+    (probabilities); ``'none'`` gives ``(N,)`` (``()`` for a 1-D input).
+
+    Rows, and classes when one row does not fit, are processed in chunks of at most ``chunk_size``
+    logits: per chunk one matrix product (BLAS; cuBLAS on the GPU), the fused cross-entropy kernel
+    writing the logits' gradient over them, and, for the gradient, ``d input = G @ W`` and
+    ``d W += G.T @ input`` (``d b += sum(G)``). The default ``chunk_size`` keeps the extra memory to
+    about 3 % of the full logits (at least 64 rows). The products accumulate in the input's precision
+    as BLAS does; the log-sum-exp, loss and reductions in float64. Results do not depend on
+    ``chunk_size`` beyond rounding. The gradients (:func:`fastloss.value_and_grad`) are of
+    ``(input, linear_weight)``, and of ``linear_bias`` too when one is given.
+
+    ``chunk_size < 1``, ``softcap <= 0``, ``z_loss < 0``: ``ValueError``; shapes that do not fit:
+    ``ValueError`` naming them; a class index outside ``[0, V)`` (not ``ignore_index``): ``IndexError``.
+
+    >>> import numpy as np, fastloss as fl
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]]); W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> round(float(fl.linear_cross_entropy(x, W, np.array([0, 2]))), 6)
+    0.810309
+    >>> loss, (dx, dW) = fl.value_and_grad(fl.linear_cross_entropy)(x, W, np.array([0, 2]), chunk_size=3)
+    >>> dW.shape
+    (3, 2)
+    """
+    V.reduction(reduction)
+    ls = V.in_closed_unit("label_smoothing", label_smoothing)
+    z_loss, softcap = V.large_vocabulary_options(z_loss, softcap)
+    chunk = V.chunk_size(chunk_size)
+    be, (x, lw, t, b, w) = prepare(input=input, linear_weight=linear_weight, target=target, linear_bias=linear_bias,
+                                   weight=weight)
+    ig = -100 if ignore_index is None else int(ignore_index)
+    t, w = V.linear_classification(x, lw, t, b, w, ig)
+    return family(be, "lce").linear_cross_entropy(x, lw, t, b, w, ig, reduction, ls, z_loss, softcap, chunk, _grad)
 
 
 def _axis_or_dim(axis, dim) -> int:

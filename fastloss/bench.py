@@ -100,7 +100,9 @@ DEFAULT_SIZE = 1 << 24
 
 #: The headline, always in the default run: cross entropy over a 32000-word vocabulary for 8192 tokens,
 #: 1 GiB of float32 logits (BENCH["cross_entropy"] turns this size into an (8192, 32000) input).
-HEADLINE_SIZES = {"cross_entropy": 8192 * 32000}
+HEADLINE_SIZES = {"cross_entropy": 8192 * 32000,
+                  # (N, H, V) = (2048, 1024, 32000): BENCH sizes linear_cross_entropy by its weight, V * H
+                  "linear_cross_entropy": 32000 * 1024}
 
 DTYPES = ("float32", "float64")
 
@@ -346,9 +348,14 @@ def _arrays(case) -> list:
 
 def diff_positions(spec: LossSpec, case) -> list:
     """Positions in ``case.args`` of the differentiated inputs (``spec.diff``), in ``diff`` order."""
-    names = list(inspect.signature(spec.fn).parameters)
-    positions = [names.index(d) for d in spec.diff]
-    missing = [d for d, p in zip(spec.diff, positions) if p >= len(case.args)]
+    params = inspect.signature(spec.fn).parameters
+    names = list(params)
+    # an optional differentiated input the case leaves out (linear_cross_entropy's linear_bias=None)
+    # has no gradient
+    diff = [d for d in spec.diff
+            if names.index(d) < len(case.args) or case.kwargs.get(d) is not None or params[d].default is not None]
+    positions = [names.index(d) for d in diff]
+    missing = [d for d, p in zip(diff, positions) if p >= len(case.args)]
     if missing:
         raise ValueError(f"BENCH case of {spec.name} passes {', '.join(missing)} by keyword; pass it positionally")
     return positions

@@ -42,6 +42,34 @@ def diff_positions(spec):
     return [positional_index(spec, n) for n in spec.diff]
 
 
+def diff_slots(spec, case):
+    """Where ``case`` holds each differentiated input: a position in ``case.args`` or a keyword of
+    ``case.kwargs`` (keyword-only inputs such as ``linear_bias``); an optional input the case leaves
+    out (absent or None) has no gradient and no slot. Returns ``[(name, slot), ...]`` in ``diff`` order."""
+    slots = []
+    for name in spec.diff:
+        pos = positional_index(spec, name)
+        if pos < len(case.args):
+            slots.append((name, pos))
+        elif case.kwargs.get(name) is not None:
+            slots.append((name, name))
+    return slots
+
+
+def slot_value(case, slot):
+    return case.args[slot] if isinstance(slot, int) else case.kwargs[slot]
+
+
+def with_slot(case, slot, value):
+    """``(args, kwargs)`` of ``case`` with the input at ``slot`` replaced by ``value``."""
+    args, kwargs = list(case.args), dict(case.kwargs)
+    if isinstance(slot, int):
+        args[slot] = value
+    else:
+        kwargs[slot] = value
+    return args, kwargs
+
+
 def case_params(filter_fn=lambda spec: True, dtypes=DTYPES):
     """pytest params (spec, dtype, case) over every registered loss whose family is importable."""
     params = []

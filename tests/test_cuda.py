@@ -40,7 +40,9 @@ import fastloss as fl  # noqa: E402
 from fastloss import _cuda_arrays  # noqa: E402
 from fastloss._registry import REGISTRY  # noqa: E402
 
-from _helpers import DTYPES, SEED, assert_close, case_params, diff_positions, upcast  # noqa: E402
+from _helpers import (  # noqa: E402
+    DTYPES, SEED, assert_close, case_params, diff_slots, slot_value, upcast,
+)
 
 try:
     import cupy
@@ -95,7 +97,9 @@ def reference(spec, case, grad_output=None):
 
 
 def as_tuple(grads, spec):
-    return tuple(grads) if len(spec.diff) > 1 else (grads,)
+    """``grads`` as a tuple; ``spec`` a LossSpec or the number of gradients returned."""
+    n = spec if isinstance(spec, int) else len(spec.diff)
+    return tuple(grads) if n > 1 else (grads,)
 
 
 def cuda_family(spec):
@@ -146,10 +150,12 @@ def test_value_and_grad_match_cpu_and_reference(spec, dtype, case):
     ref_value2, ref_grads = reference(spec, case, grad_output=g)
     _, cpu_grads = fl.value_and_grad(spec.fn)(*case.args, grad_output=g, **case.kwargs)
     assert_close(host(value2), ref_value2, dtype, f"{spec.name} value (value_and_grad)")
-    grads, cpu_grads = as_tuple(grads, spec), as_tuple(cpu_grads, spec)
-    for pos, gr, rg, cg in zip(diff_positions(spec), grads, ref_grads, cpu_grads):
+    slots = diff_slots(spec, case)  # an optional input left out (linear_bias=None) has no gradient
+    grads, cpu_grads = as_tuple(grads, len(slots)), as_tuple(cpu_grads, len(slots))
+    assert len(grads) == len(slots)
+    for (pos, gr, rg, cg) in zip([s for _, s in slots], grads, ref_grads, cpu_grads):
         assert is_numba_device_array(gr), type(gr)
-        assert tuple(gr.shape) == np.shape(case.args[pos]) and np.dtype(gr.dtype) == dtype
+        assert tuple(gr.shape) == np.shape(slot_value(case, pos)) and np.dtype(gr.dtype) == dtype
         assert_close(host(gr), rg, dtype, f"{spec.name} gradient of argument {pos} vs reference")
         assert_close(host(gr), cg, dtype, f"{spec.name} gradient of argument {pos} vs CPU")
 

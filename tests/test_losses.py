@@ -16,7 +16,8 @@ import fastloss as fl
 from fastloss._registry import REGISTRY
 
 from _helpers import (
-    DTYPES, SEED, assert_close, case_params, copy_args, diff_positions, needs_torch, to_torch, torch, upcast,
+    DTYPES, SEED, assert_close, case_params, copy_args, diff_positions, diff_slots, needs_torch, slot_value,
+    to_torch, torch, upcast, with_slot,
 )
 
 CASES = case_params()
@@ -28,8 +29,8 @@ def _grad_output(value, rng):
     return rng.uniform(0.5, 1.5, size=shape) if shape else np.float64(rng.uniform(0.5, 1.5))
 
 
-def _as_tuple(grads, spec):
-    return tuple(grads) if len(spec.diff) > 1 else (grads,)
+def _as_tuple(grads, n):
+    return tuple(grads) if n > 1 else (grads,)
 
 
 def _call_ref(spec, case, grad_output=None):
@@ -45,7 +46,7 @@ def test_every_loss_is_complete():
         "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss", "log_softmax",
         "softmax", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "hinge_embedding_loss",
         "margin_ranking_loss", "cosine_embedding_loss", "triplet_margin_loss", "mape_loss", "rmse_loss",
-        "log_loss", "l1_penalty", "l2_penalty",
+        "log_loss", "l1_penalty", "l2_penalty", "linear_cross_entropy",
     }
     assert set(REGISTRY) == spec_names
     for name, spec in REGISTRY.items():
@@ -73,16 +74,17 @@ def test_value_and_grad_matches_reference(spec, dtype, case):
     value, grads = fl.value_and_grad(spec.fn)(*case.args, grad_output=g, **case.kwargs)
     ref_value, ref_grads = _call_ref(spec, case, grad_output=g)
     assert_close(value, ref_value, dtype, f"{spec.name} value (value_and_grad)")
-    grads = _as_tuple(grads, spec)
-    assert len(grads) == len(spec.diff) == len(ref_grads)
-    for pos, gr, rg in zip(diff_positions(spec), grads, ref_grads):
-        x = case.args[pos]
+    slots = diff_slots(spec, case)
+    grads = _as_tuple(grads, len(slots))
+    assert len(grads) == len(slots) == len(ref_grads)
+    for (name, slot), gr, rg in zip(slots, grads, ref_grads):
+        x = slot_value(case, slot)
         assert isinstance(gr, np.ndarray)
         assert gr.shape == np.shape(x) and gr.dtype == dtype, f"{spec.name}: grad shape/dtype"
-        assert_close(gr, rg, dtype, f"{spec.name} grad of {spec.diff[diff_positions(spec).index(pos)]}")
+        assert_close(gr, rg, dtype, f"{spec.name} grad of {name}")
     # grad() is value_and_grad() without the value
     only = fl.grad(spec.fn)(*case.args, grad_output=g, **case.kwargs)
-    for a, b in zip(_as_tuple(only, spec), grads):
+    for a, b in zip(_as_tuple(only, len(slots)), grads):
         np.testing.assert_array_equal(a, b)
 
 
@@ -90,10 +92,10 @@ def _torch_call(spec, case, dtype):
     fn = spec.torch_fn()
     if fn is None:
         pytest.skip(f"PyTorch has no {spec.name}")
-    pos = set(diff_positions(spec))
-    targs = [to_torch(a, requires_grad=i in pos) for i, a in enumerate(case.args)]
-    tkw = {k: to_torch(v) for k, v in case.kwargs.items()}
-    return fn(torch, *targs, **tkw), [targs[i] for i in diff_positions(spec)]
+    slots = [slot for _, slot in diff_slots(spec, case)]
+    targs = [to_torch(a, requires_grad=i in slots) for i, a in enumerate(case.args)]
+    tkw = {k: to_torch(v, requires_grad=k in slots) for k, v in case.kwargs.items()}
+    return fn(torch, *targs, **tkw), [targs[s] if isinstance(s, int) else tkw[s] for s in slots]
 
 
 @needs_torch
@@ -106,7 +108,7 @@ def test_matches_torch(spec, dtype, case):
     assert_close(value, tval.detach().numpy(), dtype, f"{spec.name} value vs torch")
     tgrads = torch.autograd.grad(tval, tinputs, grad_outputs=torch.as_tensor(np.asarray(g, dtype=np.float64)),
                                  allow_unused=True)
-    for gr, tg, name in zip(_as_tuple(grads, spec), tgrads, spec.diff):
+    for gr, tg, (name, _) in zip(_as_tuple(grads, len(tinputs)), tgrads, diff_slots(spec, case)):
         expected = np.zeros(gr.shape) if tg is None else tg.numpy()
         assert_close(gr, expected, dtype, f"{spec.name} grad of {name} vs torch.autograd")
 
@@ -121,15 +123,16 @@ def test_grad_matches_finite_differences(spec, dtype, case):
     value0 = spec.fn(*case.args, **case.kwargs)
     g = np.asarray(_grad_output(value0, rng))
     _, grads = fl.value_and_grad(spec.fn)(*case.args, grad_output=g, **case.kwargs)
-    grads = _as_tuple(grads, spec)
+    slots = diff_slots(spec, case)
+    grads = _as_tuple(grads, len(slots))
 
-    def objective(args):
-        v = np.asarray(spec.fn(*args, **case.kwargs), dtype=np.float64)
+    def objective(args, kwargs):
+        v = np.asarray(spec.fn(*args, **kwargs), dtype=np.float64)
         return float(np.sum(g * v))
 
     checked = 0
-    for k, pos in enumerate(diff_positions(spec)):
-        x = case.args[pos]
+    for k, (name, slot) in enumerate(slots):
+        x = slot_value(case, slot)
         if x.size == 0:
             continue
         for flat in rng.choice(x.size, size=min(4, x.size), replace=False):
@@ -139,10 +142,8 @@ def test_grad_matches_finite_differences(spec, dtype, case):
             for step in (-1, 0, 1):
                 xs = x.copy()
                 xs[idx] += step * h
-                args = list(case.args)
-                args[pos] = xs
                 try:
-                    f[step] = objective(args)
+                    f[step] = objective(*with_slot(case, slot, xs))
                 except ValueError:  # e.g. BCE input pushed out of [0, 1]
                     break
             if len(f) < 3 or not all(np.isfinite(list(f.values()))):
@@ -152,7 +153,7 @@ def test_grad_matches_finite_differences(spec, dtype, case):
                 continue  # a kink: the derivative is a convention there, checked against torch instead
             fd = (f[1] - f[-1]) / (2 * h)
             np.testing.assert_allclose(grads[k][idx], fd, rtol=1e-4, atol=1e-6 * max(1.0, abs(fd)),
-                                       err_msg=f"{spec.name} d/d{spec.diff[k]}{idx}")
+                                       err_msg=f"{spec.name} d/d{name}{idx}")
             checked += 1
     if not checked:
         pytest.skip("every sampled coordinate is at a kink or outside the domain")
@@ -190,18 +191,19 @@ def test_any_memory_layout(spec, dtype, case, kind):
     v0, g0 = fl.value_and_grad(spec.fn)(*case.args, **case.kwargs)
     v1, g1 = fl.value_and_grad(spec.fn)(*args, **kwargs)
     assert_close(v1, v0, dtype, "value")
-    for a, b in zip(_as_tuple(g1, spec), _as_tuple(g0, spec)):
+    n = len(diff_slots(spec, case))
+    for a, b in zip(_as_tuple(g1, n), _as_tuple(g0, n)):
         assert_close(a, b, dtype, "grad")
 
 
 @pytest.mark.parametrize("spec,dtype,case", CASES)
 def test_out_buffers_are_reused(spec, dtype, case):
-    pos = diff_positions(spec)
-    outs = tuple(np.full(np.shape(case.args[p]), 7.0, dtype=dtype) for p in pos)
+    slots = diff_slots(spec, case)
+    outs = tuple(np.full(np.shape(slot_value(case, s)), 7.0, dtype=dtype) for _, s in slots)
     out = outs if len(outs) > 1 else outs[0]
     v0, g0 = fl.value_and_grad(spec.fn)(*case.args, **case.kwargs)
     v1, g1 = fl.value_and_grad(spec.fn)(*case.args, out=out, **case.kwargs)
-    for got, buf, want in zip(_as_tuple(g1, spec), outs, _as_tuple(g0, spec)):
+    for got, buf, want in zip(_as_tuple(g1, len(slots)), outs, _as_tuple(g0, len(slots))):
         assert got is buf
         np.testing.assert_array_equal(got, want)
 

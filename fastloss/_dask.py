@@ -294,8 +294,13 @@ class _Call:
             warnings.simplefilter("ignore")
             try:
                 return self.spec.fn(**kw)
-            except (ValueError, TypeError, IndexError):
-                raise
+            except (ValueError, TypeError, IndexError) as exc:
+                shapes = ", ".join(f"{k} {tuple(np.shape(a))}" for k, a in self.arrays.items())
+                try:  # the stand-ins' batch axes are 0: name the real shapes too
+                    new = type(exc)(f"{exc} (the arguments' shapes: {shapes})")
+                except Exception:
+                    raise exc from None
+                raise new from None
             except Exception:  # an artefact of the empty stand-ins (a division by 0): data decide later
                 return None
 

@@ -188,7 +188,7 @@ def _classification(call, mode):
     elif go is None:
         coef_ops = [1.0, None]
     else:
-        coef_ops = [call.grad_output_operand(go, None, single=False)[0], tl]
+        coef_ops = call.grad_output_operand(go, None, single=False)
     if prob and ce:  # sum_k w_k q_k of each row, over all the class chunks
         wq = da.blockwise(_wq_part, lab, *common, adjust_chunks={"c": 1}, dtype=np.float64, meta=f64_meta,
                           concatenate=True, **opts).sum(axis=ax, keepdims=True, dtype=np.float64)

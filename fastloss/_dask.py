@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -559,7 +560,7 @@ def _chunk(*blocks, loss, names, kwargs, grad, partial, ndim, counts):
         return np.zeros((1,) * ndim), zeros
     float64_partials.on = partial
     try:
-        with np.errstate(all="ignore") if partial else _nothing():
+        with _kernel_threads(), np.errstate(all="ignore") if partial else _nothing():
             out = spec.fn(**params, _grad=request)
     finally:
         float64_partials.on = False
@@ -570,6 +571,42 @@ def _chunk(*blocks, loss, names, kwargs, grad, partial, ndim, counts):
         value = value.astype(np.float64) * (count or 1)
         value = value.reshape((1,) * ndim)
     return value, grads
+
+
+_workqueue_lock = threading.Lock()
+
+
+class _kernel_threads:
+    """In one of Dask's worker threads, the chunk's kernels run on one thread: Dask already runs one
+    chunk per thread (Numba's thread count is per thread). Numba's ``workqueue`` layer cannot serve
+    two threads at once: under it (or before any layer is known), chunks take turns."""
+
+    def __enter__(self):
+        self.prev = None
+        self.lock = None
+        if threading.current_thread() is threading.main_thread():
+            return self
+        import numba
+
+        self.prev = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            layer = numba.threading_layer()
+        except ValueError:
+            layer = None
+        if layer not in ("omp", "tbb"):
+            self.lock = _workqueue_lock
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+        if self.prev is not None:
+            import numba
+
+            numba.set_num_threads(self.prev)
+        return False
 
 
 class _nothing:

@@ -290,3 +290,13 @@ def test_local_cluster_of_processes():
     check(rg, eg, np.float32, "gradient")
     check(p, fl.l2_penalty(x, lam=0.5), np.float32, "penalty")
     assert len(set(workers.values())) == 2
+
+
+def test_larger_than_memory_example_runs_tiny(tmp_path):
+    pytest.importorskip("zarr")
+    example = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "dask_larger_than_memory.py"
+    for store in (str(tmp_path / "g.zarr"), "none"):
+        out = subprocess.run([sys.executable, str(example), "--rows", "900", "--classes", "17", "--chunk-rows", "250",
+                              "--label-smoothing", "0.1", "--store", store, "--check"],
+                             check=True, env=_env(), capture_output=True, text=True).stdout
+        assert "check: equal to the in-memory call" in out

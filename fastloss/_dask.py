@@ -636,23 +636,35 @@ def _pick_grad_part(t, i, ndim):
 
 
 def _rmse_scale(g, value, n):
-    g = float(np.asarray(g))
-    v = float(np.asarray(value))
+    g = float(_host(g))
+    v = float(_host(value))
     return np.float64(0.0 if v == 0.0 else g / (2.0 * n * v))
 
 
 def _finish_block(total, denominator, mode, loss_name):
-    s = np.asarray(total, dtype=np.float64).reshape(())
+    """The reduced value in float64 (NumPy or CuPy, as the chunks): the sum over the denominator."""
+    s = total.reshape(()).astype(np.float64)
     if mode == "sum":
         return s
     if mode == "rmse":
-        return np.sqrt(s / denominator) if denominator else np.float64(math.nan)
-    d = float(np.asarray(denominator))
-    if d == 0:
-        if loss_name == "log_loss":
-            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
-        return np.array(math.nan)
-    return s / d
+        return (s / denominator) ** 0.5 if denominator else s * math.nan
+    d = denominator if isinstance(denominator, float) else denominator.reshape(()).astype(np.float64)
+    if isinstance(d, np.ndarray):
+        d = float(d)
+    if loss_name == "log_loss" and float(d) == 0:
+        raise ZeroDivisionError("Weights sum to zero, can't be normalized")
+    if isinstance(d, float):
+        return s / d if d != 0 else s * math.nan
+    return _xp(s).where(d == 0, math.nan, s / d)
+
+
+def _xp(a):
+    """The array module of ``a``: CuPy for device arrays, else NumPy."""
+    if is_device_array(a):
+        import cupy
+
+        return cupy
+    return np
 
 
 def _finish(total, denominator, mode, name):
@@ -700,11 +712,11 @@ def _denominator(c, mode):
 
 
 def _weight_sum_block(t, w, ignore):
-    t, w = _host(t), _host(w)
+    xp = _xp(t)
     kept = t[t != ignore]
     kept = kept[(kept >= 0) & (kept < w.size)]  # out-of-range targets raise in the chunk's own call
-    return np.array(np.bincount(kept.astype(np.intp), minlength=w.size).astype(np.float64)
-                    @ w.astype(np.float64)).reshape((1,) * t.ndim)
+    return (xp.bincount(kept.astype(np.intp).ravel(), minlength=w.size).astype(np.float64)
+            @ w.astype(np.float64)).reshape((1,) * t.ndim)
 
 
 def _zeros_like(a, shape):

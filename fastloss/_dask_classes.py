@@ -31,7 +31,7 @@ LOSSES = ("log_softmax", "softmax", "cross_entropy", "nll_loss")
 
 def handles(call, mode) -> bool:
     """Whether this module computes ``call`` (an :class:`fastloss._dask._Call`) with chunked classes."""
-    if call.name not in LOSSES:
+    if call.name not in LOSSES or not isinstance(call.meta, np.ndarray):  # CuPy chunks: classes merged
         return False
     p = call.params
     if p.get("z_loss") not in (None, 0, 0.0) or p.get("softcap") is not None:

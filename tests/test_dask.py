@@ -300,3 +300,37 @@ def test_larger_than_memory_example_runs_tiny(tmp_path):
                               "--label-smoothing", "0.1", "--store", store, "--check"],
                              check=True, env=_env(), capture_output=True, text=True).stdout
         assert "check: equal to the in-memory call" in out
+
+
+def _cupy():
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no GPU")
+    except Exception as exc:  # CuPy without a driver
+        pytest.skip(f"no GPU: {exc!r}")
+    return cupy
+
+
+@pytest.mark.cupy
+def test_cupy_chunks_stay_on_the_gpu():
+    """CuPy-backed chunks: CuPy metas, CuPy results and gradients, the in-memory CuPy values."""
+    cupy = _cupy()
+    rng = np.random.default_rng(5)
+    x = cupy.asarray(rng.standard_normal((64, 10)).astype(np.float32))
+    t = cupy.asarray(rng.integers(0, 10, 64))
+    y = cupy.asarray(rng.standard_normal((64, 10)).astype(np.float32))
+    X = da.from_array(x, chunks=(16, 10), asarray=False)
+    Xc = da.from_array(x, chunks=(16, 5), asarray=False)  # chunked classes: merged for CuPy
+    T = da.from_array(t, chunks=16, asarray=False)
+    for f, args, kw in [(fl.cross_entropy, (t,), {"label_smoothing": 0.1}), (fl.mse_loss, (y,), {}),
+                        (fl.mse_loss, (y,), {"reduction": "none"}), (fl.log_softmax, (), {})]:
+        for xx in (X, Xc):
+            dargs = (T,) if f is fl.cross_entropy else args
+            value, grad = fl.value_and_grad(f)(xx, *dargs, **kw)
+            assert isinstance(value._meta, cupy.ndarray) and isinstance(grad._meta, cupy.ndarray)
+            v, g = dask.compute(value, grad, scheduler="sync")
+            assert isinstance(v, cupy.ndarray) and isinstance(g, cupy.ndarray)
+            ev, eg = fl.value_and_grad(f)(x, *args, **kw)
+            np.testing.assert_allclose(cupy.asnumpy(v), cupy.asnumpy(ev), rtol=2e-6, atol=1e-6)
+            np.testing.assert_allclose(cupy.asnumpy(g), cupy.asnumpy(eg), rtol=2e-6, atol=1e-6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import numbers
+import threading
 
 import numpy as np
 
@@ -22,6 +23,11 @@ def is_device_array(a) -> bool:
         return True
     mod = type(a).__module__
     return mod.startswith("cupy") or mod.startswith("numba.cuda.simulator")
+
+
+def is_dask_array(a) -> bool:
+    """True for ``dask.array.Array`` (and subclasses), recognised by class: Dask is never imported."""
+    return any(c.__name__ == "Array" and c.__module__.startswith("dask.array") for c in type(a).__mro__)
 
 
 def backend_of(**arrays) -> str:
@@ -83,6 +89,13 @@ def family(backend: str, name: str):
     return mod
 
 
+# Set (per thread) by the Dask backend while it runs a loss on one chunk: the chunk's reduced value is
+# then its float64 partial sum, which fastloss._dask adds up exactly before rounding to the dtype.
+float64_partials = threading.local()
+
+
 def scalar_result(value, dtype):
     """A reduced loss as a 0-d NumPy array of the input's dtype (``float(result)`` works)."""
+    if getattr(float64_partials, "on", False):
+        return np.array(value, dtype=np.float64)
     return np.array(value, dtype=dtype)

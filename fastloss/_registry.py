@@ -168,13 +168,32 @@ def loss(*, diff, family):
 
     def deco(fn):
         sig = inspect.signature(fn)
-        fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "_grad"])
-        spec = LossSpec(fn.__name__, fn, tuple(diff), family)
+
+        @functools.wraps(fn)
+        def public(*args, _grad=None, **kwargs):
+            # Dask arrays anywhere in the call: the whole call goes to the Dask backend, which runs
+            # this same function chunk by chunk (fastloss._dask; imported only when needed)
+            if _has_dask(args, kwargs, _grad):
+                from . import _dask
+
+                return _dask.call(spec, args, kwargs, _grad)
+            return fn(*args, _grad=_grad, **kwargs)
+
+        public.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "_grad"])
+        spec = LossSpec(fn.__name__, public, tuple(diff), family)
         REGISTRY[spec.name] = spec
-        fn._fastloss_spec = spec
-        return fn
+        public._fastloss_spec = spec
+        return public
 
     return deco
+
+
+def _has_dask(args, kwargs, grad) -> bool:
+    from ._dispatch import is_dask_array
+
+    if grad is not None and is_dask_array(grad.grad_output):
+        return True
+    return any(is_dask_array(a) for a in args) or any(is_dask_array(a) for a in kwargs.values())
 
 
 def _spec_of(f) -> LossSpec:

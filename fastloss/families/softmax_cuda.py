@@ -11,21 +11,21 @@ Row kernels. A row belongs to a *group* of ``G`` threads (``G`` a power of two, 
 * ``K == 1`` and ``C <= WARP``: ``G`` = the power of two >= C, one class per lane, several rows per
   warp; reductions are ``G``-lane shuffles.
 * ``K == 1``, longer rows: ``G`` lanes stride over the row (about ``PER_THREAD`` classes each, coalesced
-  reads), a part of a warp (shuffles only) or up to 1024 threads (one block per row: shuffles within
+  reads), a part of a warp (shuffles only) or up to ``ROW_THREADS`` (512) threads (one block per row: shuffles within
   warps, one shared-memory exchange across them).
 * ``K > 1``: ``G = 1``; neighbouring threads take neighbouring ``k``, so each class's reads are
   coalesced across the warp.
 
 Each thread keeps its first ``CACHE`` elements of the row in registers (a fully unrolled local
-array), so those are read from global memory once: 32 x 1024 covers 32,768 classes. Elements beyond
-(the *tail*, e.g. 128,256 classes) are read once in an online max/sum pass and once more, from L2,
+array), so those are read from global memory once: 16 x 512 covers 8,192 classes. Elements beyond
+(the *tail*, e.g. most of 32,000 or 128,256 classes) are read once in an online max/sum pass and once more, from L2,
 when the outputs are written. Every thread of a block runs the same number of row iterations (rows
 past the end are masked), since the block-wide reductions need all of them (see
 :mod:`fastloss._cuda_reduce`).
 
 Arithmetic in the data's precision per element (float32 ``exp`` is libdevice's ``expf``, a few FMAs
 around ``ex2.approx``), with the row maximum ``M`` subtracted first. Sums: each thread adds its
-exponentials in the data's precision (at most ``CACHE`` plus the tail's share, e.g. 32 terms for
+exponentials in the data's precision (at most ``CACHE`` plus the tail's share, e.g. 63 terms for
 32,000 classes), then the threads' partial sums are added in float64; the row's ``log S`` is float64.
 Per-row values (losses, scales) are float64 and rounded once when stored; each block leaves one
 float64 partial sum of the loss and one block adds the partials in a fixed order (deterministic).
@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64, int64
+from numba import cuda, float64, int64, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
@@ -59,17 +59,22 @@ from .._cuda_arrays import incoming_at
 _R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
 #: Elements of its row a thread keeps in registers (a compile-time length: the loops over it unroll).
-CACHE = 4 if D.SIMULATOR else 32
+#: 16 x 512 threads cover 8,192 classes; longer rows read the rest twice, the second time from L2.
+#: Why not 32 x 1024 (32,768 classes, what a 128 KB row needs): ptxas (sm_90) puts the cross-entropy
+#: kernel at 128 registers with 16 and spills 0.9 KB per thread at 64 (1024-thread blocks) with 32.
+CACHE = 4 if D.SIMULATOR else 16
+#: Most threads per row (a power of two); a block of that many holds one row.
+ROW_THREADS = 16 if D.SIMULATOR else 512
 #: Classes per lane aimed at by :func:`row_group` for rows longer than a warp.
 PER_THREAD = 2 if D.SIMULATOR else 8
 #: Threads per block when a block holds several rows (groups of at most a warp).
 ROWS_BLOCK = 8 if D.SIMULATOR else 256
-#: Rows of at least this many classes (K == 1) take more than a warp: a block of up to 1024 threads.
+#: Rows of at least this many classes (K == 1) take more than a warp: up to ROW_THREADS.
 ROW_BLOCK_MIN_C = WARP * PER_THREAD + 1
 #: At most this many blocks per launch (they stride over the rows beyond); also the partials' length.
 MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
-#: Register limit of the row kernels: 1024-thread blocks need <= 64 registers per thread.
-_ROW_JIT = {} if D.SIMULATOR else {"max_registers": 64}
+#: Register limit of the row kernels: a block of ROW_THREADS threads must fit the 64K registers of an SM.
+_ROW_JIT = {} if D.SIMULATOR else {"max_registers": 65536 // ROW_THREADS}
 #: Up to this many targets, the mean's denominator is summed by one block (one launch).
 ONE_BLOCK_TARGETS = 1 << 16
 
@@ -85,7 +90,7 @@ def row_group(C: int, K: int) -> int:
     if C <= WARP:
         return _R.group_size(C)
     g = 1
-    while g * PER_THREAD < C and g < _R.MAX_THREADS:
+    while g * PER_THREAD < C and g < ROW_THREADS:
         g *= 2
     return g
 
@@ -133,18 +138,20 @@ def row_sum(buf, v, G):
 
 
 @cuda.jit(device=True)
-def load_row(x, base, C, K, lane, G, live, cache, ninf):
-    """Fill ``cache[j]`` with class ``lane + j G`` of the row (``-inf`` past the end or for a row not
-    ``live``); return the thread's maximum of them (NaN never becomes a maximum)."""
+def load_row(x, i0, end, stride, live, cache, ninf):
+    """Fill ``cache[j]`` with the thread's ``j``-th element of the row, flat index ``i0 + j stride``
+    (``-inf`` from ``end`` on, or for a row not ``live``); return their maximum (NaN never becomes a
+    maximum). Indices step by addition and are unsigned (no wrap-around of negative indices)."""
     m = ninf
+    i = i0
     for j in range(CACHE):
-        c = lane + j * G
         v = ninf
-        if live and c < C:
-            v = x[base + c * K]
+        if live and i < end:
+            v = x[uint64(i)]
         cache[j] = v
         if v > m:
             m = v
+        i += stride
     return m
 
 
@@ -163,13 +170,16 @@ def online_add(m, s, v, one):
 
 
 @cuda.jit(device=True)
-def tail_pass(x, base, C, K, lane, G, live, m, zero, one):
-    """Online (max, sum) over the thread's classes beyond the cache (``lane + j G``, ``j >= CACHE``),
-    starting from the cache's maximum ``m``; returns ``(m, s)`` with ``s = sum exp(x - m)``."""
+def tail_pass(x, i0, end, stride, live, m, zero, one):
+    """Online (max, sum) over the thread's elements beyond the cache (``i0 + j stride``,
+    ``j >= CACHE``), starting from the cache's maximum ``m``; returns ``(m, s)``,
+    ``s = sum exp(x - m)``."""
     s = zero
     if live:
-        for c in range(lane + CACHE * G, C, G):
-            m, s = online_add(m, s, x[base + c * K], one)
+        i = i0 + CACHE * stride
+        while i < end:
+            m, s = online_add(m, s, x[uint64(i)], one)
+            i += stride
     return m, s
 
 
@@ -247,12 +257,14 @@ def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
     lane = tid & (G - 1)
     per_block = cuda.blockDim.x // G
     sub = tid // G
+    stride = G * K
     for first in range(cuda.blockIdx.x * per_block, R, cuda.gridDim.x * per_block):
         r = first + sub
         live = r < R
         base = row_base(r, C, K) if live else 0
-        m = load_row(x, base, C, K, lane, G, live, cache, ninf)
-        mt, st = tail_pass(x, base, C, K, lane, G, live, m, zero, one)
+        i0, end = base + lane * K, base + C * K
+        m = load_row(x, i0, end, stride, live, cache, ninf)
+        mt, st = tail_pass(x, i0, end, stride, live, m, zero, one)
         M = row_max(mbuf, mt, G)
         s = cached_exp_sum(cache, M, zero, log) + tail_share(mt, st, M, zero)
         S = row_sum(buf, float64(s), G)
@@ -262,22 +274,22 @@ def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
         sg = 0.0
         if with_grad:
             part = 0.0
-            if live:
-                for c in range(lane, C, G):
-                    i = base + c * K
-                    g = incoming_at(gs, gv, gstep, i)
-                    part += g if log else g * float64(math.exp(x[i] - M) * inv_s)
+            i = i0
+            while live and i < end:
+                g = incoming_at(gs, gv, gstep, i)
+                part += g if log else g * float64(math.exp(x[uint64(i)] - M) * inv_s)
+                i += stride
             sg = row_sum(buf, part, G)
         if live:
+            i = i0
             for j in range(CACHE):
-                c = lane + j * G
-                if c < C:
-                    i = base + c * K
-                    out_and_vjp(cache[j], log, M, log_s, inv_s, y, i, with_grad, gs, gv, gstep, sg, gx)
-            for c in range(lane + CACHE * G, C, G):
-                i = base + c * K
-                v = x[i] if log else math.exp(x[i] - M)
-                out_and_vjp(v, log, M, log_s, inv_s, y, i, with_grad, gs, gv, gstep, sg, gx)
+                if i < end:
+                    out_and_vjp(cache[j], log, M, log_s, inv_s, y, uint64(i), with_grad, gs, gv, gstep, sg, gx)
+                i += stride
+            while i < end:
+                v = x[uint64(i)] if log else math.exp(x[uint64(i)] - M)
+                out_and_vjp(v, log, M, log_s, inv_s, y, uint64(i), with_grad, gs, gv, gstep, sg, gx)
+                i += stride
 
 
 def _layout(shape, axis):
@@ -344,13 +356,15 @@ def _target_weight_sum(t, w, has_w, ignore, parts):
 
 
 @cuda.jit(device=True)
-def class_coef(kind, t, w, has_w, keep, eps_c, one, i, c):
-    """``a'_c``: the weight of class ``c`` in the smoothing / probability sums, in the data's precision
-    (``keep = 1 - e``, ``eps_c = e / C``, ``one`` = 1, all of that dtype): ``w_c`` for index targets
-    (the ``e / C`` factor is applied per row), ``w_c ((1 - e) q_c + e / C)`` for probabilities."""
+def class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c):
+    """``a'_c``: the weight of class ``c`` (flat element ``i``) in the smoothing / probability sums, in
+    the data's precision (``keep = 1 - e``, ``eps_c = e / C``, ``one`` = 1, all of that dtype): ``w_c``
+    for index targets (the ``e / C`` factor is applied per row), ``w_c ((1 - e) q_c + e / C)`` for
+    probabilities. ``t`` is converted through ``tmp`` so that an integer ``t`` (whose kernels never
+    take this branch) cannot widen the result to float64."""
     a = w[c] if has_w else one
     if kind != INDEX_TARGET:
-        a = a * (keep * t[i] + eps_c)
+        a = a * (keep * cast(tmp, t[uint64(i)]) + eps_c)
     return a
 
 
@@ -374,6 +388,7 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
     lane = tid & (G - 1)
     per_block = cuda.blockDim.x // G
     sub = tid // G
+    stride = G * K
     linear = kind != INDEX_TARGET or eps > 0.0
     index = kind == INDEX_TARGET
     acc = 0.0
@@ -384,13 +399,15 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
         ignored = index and ti == ignore
         read = live and not ignored
         base = row_base(r, C, K) if live else 0
-        m = load_row(x, base, C, K, lane, G, read, cache, ninf)
+        i0, end = base + lane * K, base + C * K
+        it = base + ti * K  # flat index of x_t (meaningful for index targets only)
+        m = load_row(x, i0, end, stride, read, cache, ninf)
         # x_t, where this thread holds class t (the owner also writes the row's loss)
         xt = 0.0
         owner = False
         if read and index:
             for j in range(CACHE):
-                if lane + j * G == ti:
+                if i0 + j * stride == it:
                     xt = float64(cache[j])
                     owner = True
         # tail: online (max, sum), x_t, and the linear sums of its classes
@@ -398,22 +415,25 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
         st = zero
         mt = m
         if read:
-            for c in range(lane + CACHE * G, C, G):
-                i = base + c * K
-                v = x[i]
+            i = i0 + CACHE * stride
+            c = lane + CACHE * G
+            while i < end:
+                v = x[uint64(i)]
                 mt, st = online_add(mt, st, v, one)
-                if index and c == ti:
+                if index and i == it:
                     xt = float64(v)
                     owner = True
                 if linear:
-                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, i, c))
+                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c))
                     A += a * float64(v)
                     B += a
+                i += stride
+                c += G
         if linear and read:
             for j in range(CACHE):
-                c = lane + j * G
-                if c < C:
-                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, base + c * K, c))
+                i = i0 + j * stride
+                if i < end:
+                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, lane + j * G))
                     A += a * float64(cache[j])
                     B += a
         M = row_max(mbuf, mt, G)
@@ -443,8 +463,10 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
         elif index and ignored and lane == 0 and not reduce:
             loss_out[r] = 0.0
         if with_grad and live:
-            # d_c = k (p_c (B') - a_c): index  B' = (1 - e) w_t + e B / C,  a_c = (1 - e) w_t [c == t] + e w_c / C
-            #                           probabilities  B' = B,  a_c = w_c ((1 - e) q_c + e / C)
+            # d_c = k (p_c B' - a_c), p_c = e_c / S with e_c = exp(x_c - M) (held in the cache):
+            #   index          B' = (1 - e) w_t + e B / C,  a_c = (1 - e) w_t [c == t] + e w_c / C
+            #   probabilities  B' = B,                      a_c = w_c ((1 - e) q_c + e / C)
+            # alpha = k B' / S, hit = k (1 - e) w_t, beta a'_c = k e w_c / C or k a_c: data precision.
             k = 0.0
             if not ignored:
                 k = row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
@@ -456,26 +478,28 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
                 alpha = cast(tmp, k * B / S)
                 hit = zero
                 beta = cast(tmp, k)
+            i = i0
             for j in range(CACHE):
-                c = lane + j * G
-                if c < C:
-                    i = base + c * K
+                if i < end:
                     d = cache[j] * alpha
                     if linear:
-                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, i, c)
-                    if c == ti:
+                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, lane + j * G)
+                    if i == it:
                         d -= hit
-                    gx[i] = zero if ignored else d
-            for c in range(lane + CACHE * G, C, G):
-                i = base + c * K
+                    gx[uint64(i)] = zero if ignored else d
+                i += stride
+            c = lane + CACHE * G
+            while i < end:
                 d = zero
                 if not ignored:
-                    d = math.exp(x[i] - M) * alpha
+                    d = math.exp(x[uint64(i)] - M) * alpha
                     if linear:
-                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, i, c)
-                    if c == ti:
+                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c)
+                    if i == it:
                         d -= hit
-                gx[i] = d
+                gx[uint64(i)] = d
+                i += stride
+                c += G
     leave_partial(buf, acc, parts)
 
 

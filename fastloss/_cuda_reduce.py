@@ -174,3 +174,32 @@ def group_size(n: int) -> int:
     while g < n and g < WARP:
         g *= 2
     return g
+
+
+# --------------------------------------------------------------------------------------------------
+# Scratch for the partial sums, reused from call to call
+# --------------------------------------------------------------------------------------------------
+_SCRATCH: dict = {}
+#: At most this many scratch buffers are kept (one per device, stream and length seen recently).
+MAX_SCRATCH = 64
+
+
+def scratch(n: int, like, role: str):
+    """A float64 device buffer of ``n`` elements for per-block partial sums (or a denominator), kept
+    per (device, stream, n, role) and handed out again by later calls; buffers live at the same time
+    within a call need different ``role`` names.
+
+    Safe because every kernel of a call runs on one stream (CuPy's current stream, or stream 0 for
+    Numba arrays), in order: a later call's kernels on that stream write the buffer only after this
+    call's kernels have read it. Never return a scratch buffer (or a view of it) to the caller.
+    """
+    from . import _cuda_arrays as D
+
+    stream = D.stream_for(like)
+    key = (D.device_id(like), id(stream) if stream else 0, D.is_cupy(like), int(n), role)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) >= MAX_SCRATCH:
+            _SCRATCH.pop(next(iter(_SCRATCH)))
+        buf = _SCRATCH[key] = D.partial_buffer(n, like)
+    return buf

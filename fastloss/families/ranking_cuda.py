@@ -203,15 +203,19 @@ class Launch:
         self.dtype, self.reduction, self.grad = dt, reduction, grad
         self.reduce = reduction != "none"
         self.count = int(np.prod(loss_shape, dtype=np.int64))
-        self.loss = D.empty((1,) if not loss_shape else loss_shape, dt, self.like)
-        self.loss_flat = D.reshape(self.loss, (self.count,)) if self.count else self.inputs[0]
+        self.reduce = reduction != "none"
+        self.loss, self.loss_flat = None, self.inputs[0]  # a stand-in, never written when reduced
+        if not self.reduce:
+            self.loss = D.empty((1,) if not loss_shape else loss_shape, dt, self.like)
+            if self.count:
+                self.loss_flat = D.reshape(self.loss, (self.count,))
         self.results = [grad.out_for(i, a) for i, a in enumerate(inputs)] if grad is not None else None
         self.grads = [D.reshape(g, (g.size,)) for g in self.results] if grad is not None else list(self.inputs)
         inc = grad.incoming(() if self.reduce else tuple(loss_shape), self.inputs[0]) if grad is not None else None
         self.inc = inc if inc is not None else D.Incoming(1.0, self.inputs[0], -1)
         self.inv_den = 1.0 / self.count if reduction == "mean" and self.count else 1.0
         self.blocks = D.blocks_for(work) if blocks is None else blocks
-        self.parts = D.partial_buffer(self.blocks if work else 0, self.like)
+        self.parts = _R.scratch(self.blocks if work else 0, self.like, "parts")
         self.loss_shape = tuple(loss_shape)
 
     def run(self, kernel, *args, threads=D.TPB):

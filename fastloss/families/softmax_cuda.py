@@ -68,7 +68,7 @@ ROW_THREADS = 16 if D.SIMULATOR else 512
 #: Classes per lane aimed at by :func:`row_group` for rows longer than a warp.
 PER_THREAD = 2 if D.SIMULATOR else 8
 #: Threads per block when a block holds several rows (groups of at most a warp).
-ROWS_BLOCK = 8 if D.SIMULATOR else 256
+ROWS_BLOCK = 16 if D.SIMULATOR else 256
 #: Rows of at least this many classes (K == 1) take more than a warp: up to ROW_THREADS.
 ROW_BLOCK_MIN_C = WARP * PER_THREAD + 1
 #: At most this many blocks per launch (they stride over the rows beyond); also the partials' length.
@@ -96,8 +96,10 @@ def row_group(C: int, K: int) -> int:
 
 
 def launch_shape(R: int, G: int):
-    """``(blocks, threads)`` of a row kernel over ``R`` rows in groups of ``G`` threads."""
-    threads = G if G > ROWS_BLOCK else ROWS_BLOCK
+    """``(blocks, threads)`` of a row kernel over ``R`` rows in groups of ``G`` threads: a block of
+    ``G`` threads per row when ``G`` exceeds a warp (the block reductions span the whole block), else
+    ``ROWS_BLOCK`` threads holding several rows (their reductions stay within a warp)."""
+    threads = G if G > WARP else ROWS_BLOCK
     per_block = threads // G
     return max(1, min(MAX_ROW_BLOCKS, -(-R // per_block))), threads
 
@@ -521,14 +523,13 @@ def _index_denominator(tf, wf, has_w, ignore_index, like):
     """float64 device buffer holding ``sum_i w[t_i]`` over non-ignored targets (mean's denominator):
     one block writes it directly when the targets are few, else per-block partials and a final sum."""
     R = tf.shape[0]
+    den = _R.scratch(1, like, "denominator")
     if R <= ONE_BLOCK_TARGETS:
-        den = D.result_buffer(like, np.float64)
         D.launch(_target_weight_sum, 1, like, tf, wf, has_w, ignore_index, den, threads=_R.MAX_THREADS)
         return den
     blocks = D.blocks_for(R)
-    parts = D.partial_buffer(blocks, like)
+    parts = _R.scratch(blocks, like, "denominator parts")
     D.launch(_target_weight_sum, blocks, like, tf, wf, has_w, ignore_index, parts)
-    den = D.result_buffer(like, np.float64)
     D.finish_sum(parts, den)
     return den
 
@@ -553,8 +554,10 @@ class _Rows:
         self.has_w = w is not None
         self.wf = D.contiguous(w) if self.has_w else self.xf  # a stand-in, never read
         self.reduce = reduction != "none"
-        self.loss_rows = D.empty((1,) if self.x.ndim == 1 else _none_shape(self.x), self.x.dtype, self.x)
-        self.loss_flat = D.reshape(self.loss_rows, (self.R,))
+        self.loss_rows, self.loss_flat = None, self.xf  # a stand-in, never written when reduced
+        if not self.reduce:
+            self.loss_rows = D.empty((1,) if self.x.ndim == 1 else _none_shape(self.x), self.x.dtype, self.x)
+            self.loss_flat = D.reshape(self.loss_rows, (self.R,))
         self.gx = grad.out_for(0, self.x) if grad is not None else None
         self.gxf = D.reshape(self.gx, (n,)) if self.gx is not None else self.xf
         shape = () if self.reduce else _none_shape(self.x)
@@ -584,7 +587,7 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
     G = row_group(C, K)
     blocks, threads = launch_shape(R, G)
     work = R and C
-    parts = D.partial_buffer(blocks if work else 0, rows.x)
+    parts = _R.scratch(blocks if work else 0, rows.x, "parts")
     if work:
         D.launch(_ce_rows, blocks, rows.x, rows.xf, R, C, K, G, kind, rows.tf, rows.wf, rows.has_w,
                  int(ignore_index), float(label_smoothing), rows.reduce, rows.loss_flat, parts,
@@ -685,7 +688,7 @@ def nll(x, t, w, ignore_index, reduction, grad):
     ignore = int(ignore_index)
     if grad is None:
         blocks = D.blocks_for(R)
-        parts = D.partial_buffer(blocks if R and C else 0, rows.x)
+        parts = _R.scratch(blocks if R and C else 0, rows.x, "parts")
         if R and C:
             D.launch(_nll_rows, blocks, rows.x, rows.xf, C, K, rows.tf, rows.wf, rows.has_w, ignore, rows.reduce,
                      rows.loss_flat, parts)
@@ -693,7 +696,7 @@ def nll(x, t, w, ignore_index, reduction, grad):
         L, J = (R, C) if K == 1 else (n // K if K else 0, K)
         threads = ROWS_BLOCK
         blocks = max(1, min(MAX_ROW_BLOCKS, -(-L * WARP // threads)))
-        parts = D.partial_buffer(blocks if n else 0, rows.x)
+        parts = _R.scratch(blocks if n else 0, rows.x, "parts")
         if n:
             D.launch(_nll_lines, blocks, rows.x, rows.xf, L, J, C, K, rows.tf, rows.wf, rows.has_w, ignore,
                      rows.reduce, rows.loss_flat, parts, *rows.inc.args(), 1.0,

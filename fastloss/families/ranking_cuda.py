@@ -203,7 +203,6 @@ class Launch:
         self.dtype, self.reduction, self.grad = dt, reduction, grad
         self.reduce = reduction != "none"
         self.count = int(np.prod(loss_shape, dtype=np.int64))
-        self.reduce = reduction != "none"
         self.loss, self.loss_flat = None, self.inputs[0]  # a stand-in, never written when reduced
         if not self.reduce:
             self.loss = D.empty((1,) if not loss_shape else loss_shape, dt, self.like)

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _real_gpu() -> bool:
@@ -268,8 +267,11 @@ def _nvvm_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _nvvm_available(), reason="needs numba-cuda with NVVM (pip install numba-cuda[cu12])")
 def test_row_kernels_compile_for_real_gpus():
+    import fastloss  # the subprocess imports the same fastloss as this test (installed or not)
+
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptx_rows.py")
     done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -2,11 +2,15 @@
 ``cosine_embedding_loss``, with the drivers and semantics of :mod:`fastloss.families.ranking` (torch 2.13).
 
 * margin ranking and hinge embedding: one grid-stride kernel over the elements, value and gradients
-  in the same pass;
-* cosine embedding: one thread per row (the row's three dot products in float64, then its gradients
-  from them, each element read before the same thread writes it, so gradients may overwrite inputs).
+  in the same pass, in the data's precision (float32 maths for float32 data: a compare, a select
+  and a multiply per element leave nothing to gain from float64);
+* cosine embedding: a *group* of ``G`` lanes per row (``G`` the power of two >= the row's width, at
+  most a warp; several short rows share a warp): lanes stride over the row (coalesced reads), each
+  adds its share of the three dot products in the data's precision, the group adds the lanes' shares
+  in float64 by warp shuffles; every lane then writes its elements' gradients from the row's sums.
+  Each element is read before the same lane writes its gradients, so gradients may overwrite inputs.
 
-Sums are float64; each block leaves one partial and one block adds them in a fixed order
+Loss sums are float64; each block leaves one partial and one block adds them in a fixed order
 (deterministic). The kinks follow torch's autograd: ``clamp_min(z, 0)`` passes the gradient where
 ``z >= 0`` and blocks it where ``z`` is NaN.
 """
@@ -15,65 +19,78 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float64, uint64
 
 from .. import _cuda_arrays as D
-from .._cuda_arrays import TPB, incoming_at
+from .. import _cuda_reduce as _R
+from .._cuda_arrays import incoming_at
 from .ranking import COSINE_EPS  # torch's float32 EPSILON: one definition for both backends
 
-block_sum, _ = D.block_reductions(globals())
+_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
 # Kinds of the element-wise kernel.
 MARGIN_RANKING, HINGE_EMBEDDING = 0, 1
+#: Threads per block of the row kernels (several groups of at most a warp each).
+ROWS_BLOCK = 8 if D.SIMULATOR else 256
+#: At most this many blocks per row-kernel launch (they stride over the rows beyond).
+MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
+BUF = _R.BUF
+
+
+def row_launch(rows: int, width: int):
+    """``(G, blocks, threads)`` of a row kernel: ``G`` lanes per row, several rows per block."""
+    G = _R.group_size(width)
+    per_block = ROWS_BLOCK // G
+    return G, max(1, min(MAX_ROW_BLOCKS, -(-rows // per_block))), ROWS_BLOCK
 
 
 @cuda.jit(device=True)
-def clamp_min0(z):
-    """``torch.clamp_min(z, 0)``: NaN stays NaN (``NaN < 0`` is false)."""
-    if z < 0.0:
-        return 0.0
-    return z
+def cast(tmp, v):
+    """``v`` converted to the data's dtype (``tmp``: a one-element local array of that dtype)."""
+    tmp[0] = v
+    return tmp[0]
 
 
 @cuda.jit(device=True)
-def through_clamp_min0(g, z):
-    """The gradient ``g`` of ``clamp_min(z, 0)`` passed back to ``z`` (where ``z >= 0``, kink included)."""
-    if z >= 0.0:
-        return g
-    return 0.0
-
-
-@cuda.jit(device=True)
-def element_loss_grad(kind, x1, x2, y, margin, g):
-    """``(loss, d/dx1, d/dx2)`` of one element given its incoming gradient ``g``.
+def element_loss_grad(kind, x1, x2, y, margin, g, zero):
+    """``(loss, d/dx1, d/dx2)`` of one element given its incoming gradient ``g`` (all in one dtype).
 
     margin ranking: ``max(0, -y (x1 - x2) + margin)``; hinge embedding (``x2`` unused):
     ``max(0, margin - x1)`` where ``y != 1`` plus ``x1`` where ``y != -1`` (both for other targets).
     """
     if kind == MARGIN_RANKING:
         z = -y * (x1 - x2) + margin
-        d = through_clamp_min0(g, z) * -y
-        return clamp_min0(z), d, -d
-    loss = 0.0
-    d = 0.0
-    if y != 1.0:
-        loss += clamp_min0(margin - x1)
-        d -= through_clamp_min0(g, margin - x1)
-    if y != -1.0:
+        d = zero
+        if z >= zero:
+            d = -y * g
+        return (z if not z < zero else zero), d, -d
+    loss = zero
+    d = zero
+    if y != 1:
+        h = margin - x1
+        loss += h if not h < zero else zero
+        if h >= zero:
+            d -= g
+    if y != -1:
         loss += x1
         d += g
-    return loss, d, 0.0
+    return loss, d, zero
 
 
 @cuda.jit
 def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep, g1, g2, parts):
-    """Value and gradients of an element-wise loss; the block's float64 loss sum into ``parts``."""
-    buf = cuda.shared.array(TPB, float64)
+    """Value and gradients of an element-wise loss in the data's precision; the block's float64 loss
+    sum into ``parts``."""
+    buf = cuda.shared.array(BUF, float64)
+    tmp = cuda.local.array(1, x1.dtype)
+    zero = cast(tmp, 0.0)
+    m = cast(tmp, margin)
+    g_red = cast(tmp, incoming_at(gs, gv, gstep, 0) * inv_den)  # the reduced loss's gradient
     acc = 0.0
     for i in range(cuda.grid(1), x1.shape[0], cuda.gridsize(1)):
-        g = incoming_at(gs, gv, gstep, 0 if reduce else i) * inv_den
-        loss, d1, d2 = element_loss_grad(kind, float64(x1[i]), float64(x2[i]), float64(y[i]), margin, g)
-        acc += loss
+        g = g_red if reduce else cast(tmp, incoming_at(gs, gv, gstep, i) * inv_den)
+        loss, d1, d2 = element_loss_grad(kind, x1[i], x2[i], y[i], m, g, zero)
+        acc += float64(loss)
         if not reduce:
             loss_out[i] = loss
         if want_grad:
@@ -86,8 +103,9 @@ def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, 
 
 
 @cuda.jit
-def _cosine_rows(x1, x2, y, width, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep, g1, g2, parts):
-    """Cosine embedding loss, one thread per row of ``width`` values (flat C-order inputs).
+def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep,
+                 g1, g2, parts):
+    """Cosine embedding loss, ``G`` lanes per row of ``width`` values (flat C-order inputs).
 
     ``cos = <x1, x2> / sqrt((|x1|^2 + eps) (|x2|^2 + eps))``; loss ``1 - cos`` (y == 1),
     ``max(0, cos - margin)`` (y == -1), else 0. Backward, as torch's chain rule for the row::
@@ -95,21 +113,39 @@ def _cosine_rows(x1, x2, y, width, margin, reduce, loss_out, want_grad, inv_den,
         gcos = -g (y == 1), g where cos - margin >= 0 (y == -1), else 0
         gprod = gcos / denom,  gsq = -gcos cos / denom / (2 denom)
         d/dx1 = gprod x2 + 2 gsq m2 x1,   d/dx2 = gprod x1 + 2 gsq m1 x2
+
+    Every lane runs the same number of row iterations (rows past the end are masked): the group
+    reductions need every lane (see :mod:`fastloss._cuda_reduce`).
     """
-    buf = cuda.shared.array(TPB, float64)
-    rows = y.shape[0]
+    buf = cuda.shared.array(BUF, float64)
+    tmp = cuda.local.array(1, x1.dtype)
+    zero = cast(tmp, 0.0)
+    tid = cuda.threadIdx.x
+    lane = tid & (G - 1)
+    per_block = cuda.blockDim.x // G
+    sub = tid // G
     acc = 0.0
-    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
+    for first in range(cuda.blockIdx.x * per_block, rows, cuda.gridDim.x * per_block):
+        r = first + sub
+        live = r < rows
         base = r * width
-        prod, s1, s2 = 0.0, 0.0, 0.0
-        for j in range(width):
-            a = float64(x1[base + j])
-            b = float64(x2[base + j])
-            prod += a * b
-            s1 += a * a
-            s2 += b * b
-        m1 = s1 + COSINE_EPS
-        m2 = s2 + COSINE_EPS
+        end = base + width
+        # each lane's share of the three sums in the data's precision, the group's in float64
+        sp, s1, s2 = zero, zero, zero
+        if live:
+            i = base + lane
+            while i < end:
+                a = x1[uint64(i)]
+                b = x2[uint64(i)]
+                sp += a * b
+                s1 += a * a
+                s2 += b * b
+                i += G
+        prod = group_sum(buf, float64(sp), G)
+        m1 = group_sum(buf, float64(s1), G) + COSINE_EPS
+        m2 = group_sum(buf, float64(s2), G) + COSINE_EPS
+        if not live:
+            continue
         denom = math.sqrt(m1 * m2)
         cos = prod / denom
         yr = float64(y[r])
@@ -117,26 +153,32 @@ def _cosine_rows(x1, x2, y, width, margin, reduce, loss_out, want_grad, inv_den,
         if yr == 1.0:
             loss = 1.0 - cos
         elif yr == -1.0:
-            loss = clamp_min0(cos - margin)
-        acc += loss
-        if not reduce:
-            loss_out[r] = loss
+            loss = cos - margin
+            if loss < 0.0:
+                loss = 0.0
+        if lane == 0:
+            acc += loss
+            if not reduce:
+                loss_out[r] = loss
         if want_grad:
             g = incoming_at(gs, gv, gstep, 0 if reduce else r) * inv_den
             gcos = 0.0
             if yr == 1.0:
                 gcos = -g
-            elif yr == -1.0:
-                gcos = through_clamp_min0(g, cos - margin)
+            elif yr == -1.0 and cos - margin >= 0.0:
+                gcos = g
             gprod = gcos / denom
             gsq = (-gcos * (cos / denom)) / (2.0 * denom)
-            b1 = 2.0 * gsq * m2
-            b2 = 2.0 * gsq * m1
-            for j in range(width):
-                a = float64(x1[base + j])
-                b = float64(x2[base + j])
-                g1[base + j] = gprod * b + b1 * a
-                g2[base + j] = gprod * a + b2 * b
+            cp = cast(tmp, gprod)
+            b1 = cast(tmp, 2.0 * gsq * m2)
+            b2 = cast(tmp, 2.0 * gsq * m1)
+            i = base + lane
+            while i < end:
+                a = x1[uint64(i)]
+                b = x2[uint64(i)]
+                g1[uint64(i)] = cp * b + b1 * a
+                g2[uint64(i)] = cp * a + b2 * b
+                i += G
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
@@ -153,7 +195,7 @@ class Launch:
     per-element/per-row loss; ``work``: how many items the kernel walks (elements or rows).
     """
 
-    def __init__(self, inputs, others, loss_shape, reduction, grad, work):
+    def __init__(self, inputs, others, loss_shape, reduction, grad, work, blocks=None):
         dt = np.result_type(*[a.dtype for a in inputs])
         self.like = inputs[0]
         self.inputs = [D.reshape(D.contiguous(D.astype(a, dt)), (a.size,)) for a in inputs]
@@ -161,21 +203,24 @@ class Launch:
         self.dtype, self.reduction, self.grad = dt, reduction, grad
         self.reduce = reduction != "none"
         self.count = int(np.prod(loss_shape, dtype=np.int64))
-        self.loss = D.empty((1,) if not loss_shape else loss_shape, dt, self.like)
-        self.loss_flat = D.reshape(self.loss, (self.count,)) if self.count else self.inputs[0]
+        self.loss, self.loss_flat = None, self.inputs[0]  # a stand-in, never written when reduced
+        if not self.reduce:
+            self.loss = D.empty((1,) if not loss_shape else loss_shape, dt, self.like)
+            if self.count:
+                self.loss_flat = D.reshape(self.loss, (self.count,))
         self.results = [grad.out_for(i, a) for i, a in enumerate(inputs)] if grad is not None else None
         self.grads = [D.reshape(g, (g.size,)) for g in self.results] if grad is not None else list(self.inputs)
-        inc = grad.incoming(() if self.reduce else tuple(loss_shape), self.like) if grad is not None else None
+        inc = grad.incoming(() if self.reduce else tuple(loss_shape), self.inputs[0]) if grad is not None else None
         self.inc = inc if inc is not None else D.Incoming(1.0, self.inputs[0], -1)
         self.inv_den = 1.0 / self.count if reduction == "mean" and self.count else 1.0
-        self.blocks = D.blocks_for(work)
-        self.parts = D.partial_buffer(self.blocks if work else 0, self.like)
+        self.blocks = D.blocks_for(work) if blocks is None else blocks
+        self.parts = _R.scratch(self.blocks if work else 0, self.like, "parts")
         self.loss_shape = tuple(loss_shape)
 
-    def run(self, kernel, *args):
+    def run(self, kernel, *args, threads=D.TPB):
         """Launch ``kernel`` (when there is work) and return the API's result."""
         if self.parts.shape[0]:
-            D.launch(kernel, self.blocks, self.like, *args)
+            D.launch(kernel, self.blocks, self.like, *args, threads=threads)
         if self.reduce:
             out = D.result_buffer(self.like, self.dtype)
             den = float(self.count) if self.reduction == "mean" else 1.0
@@ -216,7 +261,9 @@ def cosine_embedding(x1, x2, y, margin, reduction, grad):
     """
     shape = tuple(x1.shape)  # a plain tuple: device arrays' shapes refuse negative indices
     width = shape[-1]
-    job = Launch((x1, x2), (y,), shape[:-1], reduction, grad, int(np.prod(shape[:-1], dtype=np.int64)))
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    G, blocks, threads = row_launch(rows, width)
+    job = Launch((x1, x2), (y,), shape[:-1], reduction, grad, rows, blocks)
     a, b = job.inputs
-    return job.run(_cosine_rows, a, b, job.others[0], width, float(margin), *job.grad_args(),
-                   job.grads[0], job.grads[1], job.parts)
+    return job.run(_cosine_rows, a, b, job.others[0], rows, width, G, float(margin), *job.grad_args(),
+                   job.grads[0], job.grads[1], job.parts, threads=threads)

@@ -6,63 +6,204 @@ Layout. The input is viewed as ``(O, C, K)`` in C order: ``C`` the classes (the 
 axes before it and ``K`` those after it. A *row* is ``x[o, :, k]``; its elements lie ``K`` apart, and
 row ``r = o * K + k`` is element ``r`` of the loss for ``reduction='none'`` (the target's C order).
 
-Two row kernels per loss, chosen by shape:
+Row kernels. A row belongs to a *group* of ``G`` threads (``G`` a power of two, see :func:`row_group`):
 
-* **one block per row** (``K == 1`` and ``C >= ROW_BLOCK_MIN_C``): the block's threads stride over the
-  row, so reads are coalesced; the row maximum and sum of exponentials are kept *online* per thread
-  (``m``, ``s`` with ``s = sum exp(x - m)``) and merged through shared memory, so the value needs one
-  read of the row and the gradient one more.
-* **one thread per row** (small ``C``, or ``K > 1`` where neighbouring threads read neighbouring ``k``,
-  which is coalesced too): the same online pass in registers.
+* ``K == 1`` and ``C <= WARP``: ``G`` = the power of two >= C, one class per lane, several rows per
+  warp; reductions are ``G``-lane shuffles.
+* ``K == 1``, longer rows: ``G`` lanes stride over the row (about ``PER_THREAD`` classes each, coalesced
+  reads), a part of a warp (shuffles only) or up to ``ROW_THREADS`` (512) threads (one block per row: shuffles within
+  warps, one shared-memory exchange across them).
+* ``K > 1``: ``G = 1``; neighbouring threads take neighbouring ``k``, so each class's reads are
+  coalesced across the warp.
 
-Everything is accumulated in float64 (float32 data is widened on load) and rounded once when stored.
-The gradient is written in the same kernel as the value. Reductions: each block leaves one float64
-partial sum, and one block adds the partials in a fixed order (deterministic, no float atomics).
-``reduction='mean'`` of class-index targets divides by ``sum_i w[t_i]`` over non-ignored targets,
-which a first small kernel computes from the targets alone, so the fused kernel can scale the gradient.
+Each thread keeps its first ``CACHE`` elements of the row in registers (a fully unrolled local
+array), so those are read from global memory once: 16 x 512 covers 8,192 classes. Elements beyond
+(the *tail*, e.g. most of 32,000 or 128,256 classes) are read once in an online max/sum pass and once more, from L2,
+when the outputs are written. Every thread of a block runs the same number of row iterations (rows
+past the end are masked), since the block-wide reductions need all of them (see
+:mod:`fastloss._cuda_reduce`).
+
+Arithmetic in the data's precision per element (float32 ``exp`` is libdevice's ``expf``, a few FMAs
+around ``ex2.approx``), with the row maximum ``M`` subtracted first. Sums: each thread adds its
+exponentials in the data's precision (at most ``CACHE`` plus the tail's share, e.g. 63 terms for
+32,000 classes), then the threads' partial sums are added in float64; the row's ``log S`` is float64.
+Per-row values (losses, scales) are float64 and rounded once when stored; each block leaves one
+float64 partial sum of the loss and one block adds the partials in a fixed order (deterministic).
+
+With ``lse = M + log S``, ``p_c = exp(x_c - M) / S``:
+
+* ``log_softmax = (x_c - M) - log S``; both terms are of one sign (``x_c - M <= 0 <= log S``), so no
+  cancellation in float32. Backward: ``g_c - p_c sum(g)``.
+* ``softmax = p_c``. Backward: ``p_c (g_c - sum(g p))``.
+* cross entropy with weight ``a_c`` on ``-log p_c`` (index targets:
+  ``a_c = (1 - e) w_t [c == t] + e w_c / C``; probabilities: ``a_c = w_c ((1 - e) q_c + e / C)``) and
+  ``B = sum a_c``: loss ``B lse - sum a_c x_c``, gradient ``p_c B - a_c`` times the row's scale.
+  The smoothing / probability sums are kept as ``A = sum a'_c x_c`` in float64 and used as
+  ``A - B M`` (so large logits cancel exactly).
+
+``reduction='mean'`` of class-index targets divides by ``sum_i w[t_i]`` over non-ignored targets, which
+a small kernel computes from the targets alone (one block when they are few), so the fused kernel can
+scale the gradient without a host round trip.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import cuda, float64, int64
+from numba import cuda, float64, int64, uint64
 
 from .. import _cuda_arrays as D
-from .._cuda_arrays import TPB, incoming_at
+from .. import _cuda_reduce as _R
+from .._cuda_arrays import incoming_at
 
-block_sum, block_max = D.block_reductions(globals())
+_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
-#: Rows of at least this many classes (and K == 1) get a block each; fewer, a thread each.
-ROW_BLOCK_MIN_C = 2 * TPB
-#: At most this many blocks for the block-per-row kernels (they stride over the rows beyond).
+#: Elements of its row a thread keeps in registers (a compile-time length: the loops over it unroll).
+#: 16 x 512 threads cover 8,192 classes; longer rows read the rest twice, the second time from L2.
+#: Why not 32 x 1024 (32,768 classes, what a 128 KB row needs): ptxas (sm_90) puts the cross-entropy
+#: kernel at 128 registers with 16 and spills 0.9 KB per thread at 64 (1024-thread blocks) with 32.
+CACHE = 4 if D.SIMULATOR else 16
+#: Most threads per row (a power of two); a block of that many holds one row.
+ROW_THREADS = 16 if D.SIMULATOR else 512
+#: Classes per lane aimed at by :func:`row_group` for rows longer than a warp.
+PER_THREAD = 2 if D.SIMULATOR else 8
+#: Threads per block when a block holds several rows (groups of at most a warp).
+ROWS_BLOCK = 16 if D.SIMULATOR else 256
+#: Rows of at least this many classes (K == 1) take more than a warp: up to ROW_THREADS.
+ROW_BLOCK_MIN_C = WARP * PER_THREAD + 1
+#: At most this many blocks per launch (they stride over the rows beyond); also the partials' length.
 MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
+#: Register limit of the row kernels: a block of ROW_THREADS threads must fit the 64K registers of an SM.
+_ROW_JIT = {} if D.SIMULATOR else {"max_registers": 65536 // ROW_THREADS}
+#: Up to this many targets, the mean's denominator is summed by one block (one launch).
+ONE_BLOCK_TARGETS = 1 << 16
 
-# Kinds of target of the cross-entropy kernels.
+# Kinds of target of the cross-entropy kernel.
 INDEX_TARGET, PROB_TARGET = 0, 1
+BUF = _R.BUF
+
+
+def row_group(C: int, K: int) -> int:
+    """Threads per row ``G`` (a power of two): see the module docstring."""
+    if K != 1:
+        return 1
+    if C <= WARP:
+        return _R.group_size(C)
+    g = 1
+    while g * PER_THREAD < C and g < ROW_THREADS:
+        g *= 2
+    return g
+
+
+def launch_shape(R: int, G: int):
+    """``(blocks, threads)`` of a row kernel over ``R`` rows in groups of ``G`` threads: a block of
+    ``G`` threads per row when ``G`` exceeds a warp (the block reductions span the whole block), else
+    ``ROWS_BLOCK`` threads holding several rows (their reductions stay within a warp)."""
+    threads = G if G > WARP else ROWS_BLOCK
+    per_block = threads // G
+    return max(1, min(MAX_ROW_BLOCKS, -(-R // per_block))), threads
 
 
 # --------------------------------------------------------------------------------------------------
 # Device helpers
 # --------------------------------------------------------------------------------------------------
 @cuda.jit(device=True)
-def online_add(m, s, v):
-    """Add ``v`` to the running (max ``m``, sum ``s`` of exp(x - m)); returns the new pair.
-
-    NaN never becomes the maximum (``v > m`` is false) but makes ``s`` NaN, and a row of -inf gives
-    exp(-inf + inf) = NaN: both propagate to every output of the row, as in PyTorch.
-    """
-    if v > m:
-        return v, s * math.exp(m - v) + 1.0
-    return m, s + math.exp(v - m)
+def cast(tmp, v):
+    """``v`` converted to the data's dtype (``tmp``: a one-element local array of that dtype)."""
+    tmp[0] = v
+    return tmp[0]
 
 
 @cuda.jit(device=True)
-def block_logsumexp(buf, m, s):
-    """log(sum exp) of a row from each thread's online pair (every thread gets it)."""
-    big = block_max(buf, m)
-    total = block_sum(buf, s * math.exp(m - big) if m > -math.inf else s)
-    return big + math.log(total)
+def row_base(r, C, K):
+    """Flat index of row ``r``'s class 0; one division per row, none for K == 1."""
+    if K == 1:
+        return r * C
+    o = r // K
+    return o * C * K + (r - o * K)
+
+
+@cuda.jit(device=True)
+def row_max(mbuf, v, G):
+    """Maximum over the row's group of ``G`` threads (a warp's part, or the whole block)."""
+    if G <= WARP:
+        return group_max(mbuf, v, G)
+    return block_max(mbuf, v)
+
+
+@cuda.jit(device=True)
+def row_sum(buf, v, G):
+    """Sum over the row's group of ``G`` threads (float64 ``v``)."""
+    if G <= WARP:
+        return group_sum(buf, v, G)
+    return block_sum(buf, v)
+
+
+@cuda.jit(device=True)
+def load_row(x, i0, end, stride, live, cache, ninf):
+    """Fill ``cache[j]`` with the thread's ``j``-th element of the row, flat index ``i0 + j stride``
+    (``-inf`` from ``end`` on, or for a row not ``live``); return their maximum (NaN never becomes a
+    maximum). Indices step by addition and are unsigned (no wrap-around of negative indices)."""
+    m = ninf
+    i = i0
+    for j in range(CACHE):
+        v = ninf
+        if live and i < end:
+            v = x[uint64(i)]
+        cache[j] = v
+        if v > m:
+            m = v
+        i += stride
+    return m
+
+
+@cuda.jit(device=True)
+def online_add(m, s, v, one):
+    """Add ``v`` to a running (max ``m``, sum ``s`` of exp(x - m)) in the data's precision.
+
+    ``-inf`` values add nothing (even while ``m`` is still ``-inf``, where exp(v - m) would be NaN);
+    a NaN makes ``s`` NaN, which then reaches every output of the row, as in PyTorch.
+    """
+    if v > m:
+        return v, s * math.exp(m - v) + one
+    if m > v or v != v:
+        return m, s + math.exp(v - m)
+    return m, s + one  # v == m, both finite (or both +inf, where s then is unused: M is +inf)
+
+
+@cuda.jit(device=True)
+def tail_pass(x, i0, end, stride, live, m, zero, one):
+    """Online (max, sum) over the thread's elements beyond the cache (``i0 + j stride``,
+    ``j >= CACHE``), starting from the cache's maximum ``m``; returns ``(m, s)``,
+    ``s = sum exp(x - m)``."""
+    s = zero
+    if live:
+        i = i0 + CACHE * stride
+        while i < end:
+            m, s = online_add(m, s, x[uint64(i)], one)
+            i += stride
+    return m, s
+
+
+@cuda.jit(device=True)
+def tail_share(mt, st, M, zero):
+    """The tail's ``sum exp(x - M)`` from its online pair (0 when it is empty, never 0 * inf)."""
+    if st == zero:
+        return zero
+    return st * math.exp(mt - M)
+
+
+@cuda.jit(device=True)
+def cached_exp_sum(cache, M, zero, keep):
+    """``sum_j exp(cache[j] - M)`` in the data's precision; with ``keep`` false the cache is
+    overwritten with the exponentials (read again by the gradient)."""
+    s = zero
+    for j in range(CACHE):
+        e = math.exp(cache[j] - M)
+        if not keep:
+            cache[j] = e
+        s += e
+    return s
 
 
 @cuda.jit(device=True)
@@ -75,75 +216,82 @@ def row_scale(reduce, scale, gv, gstep, r, inv_den, den_buf, use_den_buf):
     return g
 
 
+@cuda.jit(device=True)
+def leave_partial(buf, acc, parts):
+    """The block's sum of the threads' ``acc`` into ``parts[blockIdx.x]`` (all threads call it)."""
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+
+
 # --------------------------------------------------------------------------------------------------
 # log_softmax / softmax
 # --------------------------------------------------------------------------------------------------
 @cuda.jit(device=True)
-def softmax_out(v, lse, log):
-    """log_softmax (``log``) or softmax of one element, given its row's log-sum-exp."""
+def out_and_vjp(v, log, M, log_s, inv_s, y, i, with_grad, gs, gv, gstep, sg, gx):
+    """Element ``i``'s output and (``with_grad``) VJP; ``v`` is ``x_i`` for log_softmax and already
+    ``exp(x_i - M)`` for softmax."""
     if log:
-        return v - lse
-    return math.exp(v - lse)
-
-
-@cuda.jit(device=True)
-def softmax_vjp(g, p, sg, log):
-    """Vector-Jacobian product at one element: ``g - p * sum(g)`` for log_softmax,
-    ``p * (g - sum(g * p))`` for softmax (``sg`` is that row sum)."""
-    if log:
-        return g - p * sg
-    return p * (g - sg)
-
-
-@cuda.jit
-def _softmax_rows_thread(x, C, K, log, y, with_grad, gs, gv, gstep, gx):
-    """One thread per row: ``y = (log_)softmax(x)`` and, with ``with_grad``, ``gx`` its VJP."""
-    R = x.shape[0] // C
-    for r in range(cuda.grid(1), R, cuda.gridsize(1)):
-        base = (r // K) * C * K + r % K
-        m, s = -math.inf, 0.0
-        for c in range(C):
-            m, s = online_add(m, s, float64(x[base + c * K]))
-        lse = m + math.log(s)
-        sg = 0.0
+        y[i] = (v - M) - log_s
         if with_grad:
-            for c in range(C):
-                i = base + c * K
-                g = incoming_at(gs, gv, gstep, i)
-                sg += g if log else g * math.exp(float64(x[i]) - lse)
-        for c in range(C):
-            i = base + c * K
-            v = float64(x[i])
-            y[i] = softmax_out(v, lse, log)
-            if with_grad:
-                gx[i] = softmax_vjp(incoming_at(gs, gv, gstep, i), math.exp(v - lse), sg, log)
+            p = math.exp(v - M) * inv_s
+            gx[i] = incoming_at(gs, gv, gstep, i) - float64(p) * sg
+    else:
+        p = v * inv_s
+        y[i] = p
+        if with_grad:
+            gx[i] = float64(p) * (incoming_at(gs, gv, gstep, i) - sg)
 
 
-@cuda.jit
-def _softmax_rows_block(x, C, log, y, with_grad, gs, gv, gstep, gx):
-    """One block per row of a ``(R, C)`` layout (K == 1): as :func:`_softmax_rows_thread`."""
-    buf = cuda.shared.array(TPB, float64)
+@cuda.jit(**_ROW_JIT)
+def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
+    """``y = (log_)softmax(x)`` per row and, with ``with_grad``, ``gx`` = its VJP with the incoming
+    ``g`` (``g - p sum(g)`` for log_softmax, ``p (g - sum(g p))`` for softmax).
+
+    Each element is read before the same thread writes it, so ``gx`` (not ``y``) may be ``x``.
+    """
+    buf = cuda.shared.array(BUF, float64)
+    mbuf = cuda.shared.array(BUF, x.dtype)
+    cache = cuda.local.array(CACHE, x.dtype)
+    tmp = cuda.local.array(1, x.dtype)
+    ninf, zero, one = cast(tmp, -math.inf), cast(tmp, 0.0), cast(tmp, 1.0)
     tid = cuda.threadIdx.x
-    R = x.shape[0] // C
-    for r in range(cuda.blockIdx.x, R, cuda.gridDim.x):
-        base = r * C
-        m, s = -math.inf, 0.0
-        for c in range(tid, C, TPB):
-            m, s = online_add(m, s, float64(x[base + c]))
-        lse = block_logsumexp(buf, m, s)
+    lane = tid & (G - 1)
+    per_block = cuda.blockDim.x // G
+    sub = tid // G
+    stride = G * K
+    for first in range(cuda.blockIdx.x * per_block, R, cuda.gridDim.x * per_block):
+        r = first + sub
+        live = r < R
+        base = row_base(r, C, K) if live else 0
+        i0, end = base + lane * K, base + C * K
+        m = load_row(x, i0, end, stride, live, cache, ninf)
+        mt, st = tail_pass(x, i0, end, stride, live, m, zero, one)
+        M = row_max(mbuf, mt, G)
+        s = cached_exp_sum(cache, M, zero, log) + tail_share(mt, st, M, zero)
+        S = row_sum(buf, float64(s), G)
+        log_s = cast(tmp, math.log(S))
+        inv_s = cast(tmp, 1.0 / S)
+        # sum(g) (log_softmax) or sum(g p) (softmax), in float64: g is read as float64 anyway
         sg = 0.0
         if with_grad:
             part = 0.0
-            for c in range(tid, C, TPB):
-                g = incoming_at(gs, gv, gstep, base + c)
-                part += g if log else g * math.exp(float64(x[base + c]) - lse)
-            sg = block_sum(buf, part)
-        for c in range(tid, C, TPB):
-            i = base + c
-            v = float64(x[i])
-            y[i] = softmax_out(v, lse, log)
-            if with_grad:
-                gx[i] = softmax_vjp(incoming_at(gs, gv, gstep, i), math.exp(v - lse), sg, log)
+            i = i0
+            while live and i < end:
+                g = incoming_at(gs, gv, gstep, i)
+                part += g if log else g * float64(math.exp(x[uint64(i)] - M) * inv_s)
+                i += stride
+            sg = row_sum(buf, part, G)
+        if live:
+            i = i0
+            for j in range(CACHE):
+                if i < end:
+                    out_and_vjp(cache[j], log, M, log_s, inv_s, y, uint64(i), with_grad, gs, gv, gstep, sg, gx)
+                i += stride
+            while i < end:
+                v = x[uint64(i)] if log else math.exp(x[uint64(i)] - M)
+                out_and_vjp(v, log, M, log_s, inv_s, y, uint64(i), with_grad, gs, gv, gstep, sg, gx)
+                i += stride
 
 
 def _layout(shape, axis):
@@ -153,25 +301,20 @@ def _layout(shape, axis):
     return O, int(shape[axis]), K
 
 
-def _uses_row_blocks(C, K):
-    return K == 1 and C >= ROW_BLOCK_MIN_C
-
-
 def _softmax_driver(x, axis, grad, log):
     x = D.contiguous(x)
     O, C, K = _layout(x.shape, axis)
     y = D.empty(x.shape, x.dtype, x)
     gx = grad.out_for(0, x) if grad is not None else None
-    if x.size:
-        n = x.size
+    n = x.size
+    if n:
         xf, yf = D.reshape(x, (n,)), D.reshape(y, (n,))
-        inc = grad.incoming(x.shape, x) if grad is not None else D.Incoming(1.0, xf, -1)
+        inc = grad.incoming(x.shape, xf) if grad is not None else D.Incoming(1.0, xf, -1)
         gxf = D.reshape(gx, (n,)) if gx is not None else yf
-        with_grad = grad is not None
-        if _uses_row_blocks(C, K):
-            D.launch(_softmax_rows_block, min(O, MAX_ROW_BLOCKS), x, xf, C, log, yf, with_grad, *inc.args(), gxf)
-        else:
-            D.launch(_softmax_rows_thread, D.blocks_for(O * K), x, xf, C, K, log, yf, with_grad, *inc.args(), gxf)
+        R, G = O * K, row_group(C, K)
+        blocks, threads = launch_shape(R, G)
+        D.launch(_softmax_rows, blocks, x, xf, R, C, K, G, log, yf, grad is not None, *inc.args(), gxf,
+                 threads=threads)
     if grad is None:
         return y
     return y, (gx,)
@@ -193,15 +336,9 @@ def softmax(x, axis, grad):
 # cross_entropy
 # --------------------------------------------------------------------------------------------------
 @cuda.jit(device=True)
-def target_of(t, r):
-    """Class index of row ``r`` as int64 (targets may be of any integer dtype, uint64 included)."""
-    return int64(t[r])
-
-
-@cuda.jit(device=True)
 def target_weight(t, w, has_w, ignore, r):
     """``w[t_r]`` (1 without weights), 0 for an ignored target."""
-    ti = target_of(t, r)
+    ti = int64(t[r])
     if ti == ignore:
         return 0.0
     if has_w:
@@ -211,181 +348,161 @@ def target_weight(t, w, has_w, ignore, r):
 
 @cuda.jit
 def _target_weight_sum(t, w, has_w, ignore, parts):
-    """Per-block partial sums of ``w[t_r]`` over non-ignored targets: the mean's denominator."""
-    buf = cuda.shared.array(TPB, float64)
+    """Per-block sums of ``w[t_r]`` over non-ignored targets (the mean's denominator): with one
+    block, ``parts[0]`` is the denominator itself."""
+    buf = cuda.shared.array(BUF, float64)
     acc = 0.0
     for r in range(cuda.grid(1), t.shape[0], cuda.gridsize(1)):
         acc += target_weight(t, w, has_w, ignore, r)
-    total = block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        parts[cuda.blockIdx.x] = total
+    leave_partial(buf, acc, parts)
 
 
 @cuda.jit(device=True)
-def class_weight(w, has_w, c):
-    """``w[c]``, 1 without weights."""
-    if has_w:
-        return float64(w[c])
-    return 1.0
-
-
-@cuda.jit(device=True)
-def smoothed(t, eps, C, i):
-    """The smoothed probability target ``q = (1 - eps) t + eps / C`` of flat element ``i``."""
-    return (1.0 - eps) * float64(t[i]) + eps / C
-
-
-@cuda.jit(device=True)
-def ce_row_pass(kind, x, t, w, has_w, ignore, eps, C, K, r, c_lo, c_step):
-    """A thread's share of row ``r``'s one read: online ``(m, s)`` and the linear sums ``(A, B)`` over
-    classes ``c_lo, c_lo + c_step, ...``:
-
-    index targets: ``A = sum_c w_c x_c``, ``B = sum_c w_c`` (needed with label smoothing only);
-    probability targets: ``A = sum_c w_c q_c x_c``, ``B = sum_c w_c q_c``.
-    An ignored row is not read (``s = 1`` keeps its log finite).
-    """
-    if kind == INDEX_TARGET and target_of(t, r) == ignore:
-        return 0.0, 1.0, 0.0, 0.0
-    linear = kind != INDEX_TARGET or eps > 0.0
-    base = (r // K) * C * K + r % K
-    m, s, A, B = -math.inf, 0.0, 0.0, 0.0
-    for c in range(c_lo, C, c_step):
-        i = base + c * K
-        v = float64(x[i])
-        m, s = online_add(m, s, v)
-        if linear:
-            wq = class_weight(w, has_w, c)
-            if kind != INDEX_TARGET:
-                wq *= smoothed(t, eps, C, i)
-            A += wq * v
-            B += wq
-    return m, s, A, B
-
-
-@cuda.jit(device=True)
-def ce_row_loss(kind, eps, C, wt, xt, lse, A, B):
-    """A row's cross entropy from its log-sum-exp and linear sums (see :func:`ce_row_pass`).
-
-    index: ``-(1 - eps) w_t (x_t - lse) - eps / C (A - B lse)``; probabilities: ``-(A - B lse)``.
-    The smoothing term is left out when ``eps == 0`` (so that 0 * inf cannot make a NaN).
-    """
-    if kind == INDEX_TARGET:
-        loss = -(1.0 - eps) * wt * (xt - lse)
-        if eps > 0.0:
-            loss -= eps / C * (A - B * lse)
-        return loss
-    return B * lse - A
-
-
-@cuda.jit(device=True)
-def ce_write_grad(kind, x, t, w, has_w, ignore, eps, C, K, r, c_lo, c_step, lse, wt, B, scale, gx):
-    """Write row ``r``'s gradient at classes ``c_lo, c_lo + c_step, ...``, times ``scale``:
-
-    index: ``p_c ((1 - eps) w_t + eps / C B) - (1 - eps) w_t [c == t] - eps / C w_c`` (0 if ignored);
-    probabilities: ``p_c B - w_c q_c``; ``p = softmax(x)``.
-    Each element is read before it is written by the same thread, so ``gx`` may be ``x``.
-    """
-    base = (r // K) * C * K + r % K
-    ti = target_of(t, r) if kind == INDEX_TARGET else -1
-    ignored = kind == INDEX_TARGET and ti == ignore
-    for c in range(c_lo, C, c_step):
-        i = base + c * K
-        if ignored:
-            gx[i] = 0.0
-            continue
-        p = math.exp(float64(x[i]) - lse)
-        wc = class_weight(w, has_w, c)
-        if kind == INDEX_TARGET:
-            d = p * ((1.0 - eps) * wt + eps / C * B) - eps / C * wc
-            if c == ti:
-                d -= (1.0 - eps) * wt
-        else:
-            d = p * B - wc * smoothed(t, eps, C, i)
-        gx[i] = scale * d
-
-
-@cuda.jit(device=True)
-def ce_target_logit(kind, x, t, ignore, C, K, r):
-    """The logit ``x_t`` at row ``r``'s index target (0 if ignored, or for probability targets)."""
+def class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c):
+    """``a'_c``: the weight of class ``c`` (flat element ``i``) in the smoothing / probability sums, in
+    the data's precision (``keep = 1 - e``, ``eps_c = e / C``, ``one`` = 1, all of that dtype): ``w_c``
+    for index targets (the ``e / C`` factor is applied per row), ``w_c ((1 - e) q_c + e / C)`` for
+    probabilities. ``t`` is converted through ``tmp`` so that an integer ``t`` (whose kernels never
+    take this branch) cannot widen the result to float64."""
+    a = w[c] if has_w else one
     if kind != INDEX_TARGET:
-        return 0.0
-    ti = target_of(t, r)
-    if ti == ignore:
-        return 0.0
-    return float64(x[(r // K) * C * K + ti * K + r % K])
+        a = a * (keep * cast(tmp, t[uint64(i)]) + eps_c)
+    return a
 
 
-@cuda.jit(device=True)
-def ce_total_weight(kind, has_w, C, B):
-    """B of an index target's smoothing term: ``sum_c w_c``, simply C without weights."""
-    if kind == INDEX_TARGET and not has_w:
-        return float64(C)
-    return B
+@cuda.jit(**_ROW_JIT)
+def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts,
+             with_grad, gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
+    """Cross entropy per row: its loss into ``loss_out[r]`` (``reduce`` false) or the block's partial
+    sum into ``parts``; with ``with_grad``, its gradient into ``gx`` (which may be ``x``: every element
+    is read before the same thread writes it, and ``x_t`` is taken by the thread that owns class t).
 
-
-@cuda.jit
-def _ce_rows_thread(x, C, K, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts,
-                    with_grad, gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
-    """Cross entropy, one thread per row: the row's loss into ``loss_out[r]`` (``reduce`` false) or
-    this block's partial sum into ``parts``; with ``with_grad``, the row's gradient into ``gx``."""
-    buf = cuda.shared.array(TPB, float64)
-    R = x.shape[0] // C
-    acc = 0.0
-    for r in range(cuda.grid(1), R, cuda.gridsize(1)):
-        m, s, A, B = ce_row_pass(kind, x, t, w, has_w, ignore, eps, C, K, r, 0, 1)
-        B = ce_total_weight(kind, has_w, C, B)
-        lse = m + math.log(s)
-        wt = target_weight(t, w, has_w, ignore, r) if kind == INDEX_TARGET else 0.0
-        xt = ce_target_logit(kind, x, t, ignore, C, K, r)
-        loss = ce_row_loss(kind, eps, C, wt, xt, lse, A, B)
-        if kind == INDEX_TARGET and target_of(t, r) == ignore:
-            loss = 0.0
-        if reduce:
-            acc += loss
-        else:
-            loss_out[r] = loss
-        if with_grad:
-            scale = row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
-            ce_write_grad(kind, x, t, w, has_w, ignore, eps, C, K, r, 0, 1, lse, wt, B, scale, gx)
-    if reduce:
-        total = block_sum(buf, acc)
-        if cuda.threadIdx.x == 0:
-            parts[cuda.blockIdx.x] = total
-
-
-@cuda.jit
-def _ce_rows_block(x, C, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts,
-                   with_grad, gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
-    """Cross entropy, one block per row of a ``(R, C)`` layout: as :func:`_ce_rows_thread`."""
-    buf = cuda.shared.array(TPB, float64)
+    ``t``: class indices per row (``kind == INDEX_TARGET``) or probabilities per element; ``w``: class
+    weights (``has_w``), else any array of the data's dtype, only its type used.
+    """
+    buf = cuda.shared.array(BUF, float64)
+    mbuf = cuda.shared.array(BUF, x.dtype)
+    cache = cuda.local.array(CACHE, x.dtype)
+    tmp = cuda.local.array(1, x.dtype)
+    ninf, zero, one = cast(tmp, -math.inf), cast(tmp, 0.0), cast(tmp, 1.0)
+    keep, eps_c = cast(tmp, 1.0 - eps), cast(tmp, eps / C)
     tid = cuda.threadIdx.x
-    R = x.shape[0] // C
+    lane = tid & (G - 1)
+    per_block = cuda.blockDim.x // G
+    sub = tid // G
+    stride = G * K
+    linear = kind != INDEX_TARGET or eps > 0.0
+    index = kind == INDEX_TARGET
     acc = 0.0
-    for r in range(cuda.blockIdx.x, R, cuda.gridDim.x):
-        m, s, A, B = ce_row_pass(kind, x, t, w, has_w, ignore, eps, C, 1, r, tid, TPB)
-        lse = block_logsumexp(buf, m, s)
-        if kind != INDEX_TARGET or eps > 0.0:
-            A = block_sum(buf, A)
-            B = block_sum(buf, B)
-        B = ce_total_weight(kind, has_w, C, B)
-        wt = target_weight(t, w, has_w, ignore, r) if kind == INDEX_TARGET else 0.0
-        xt = ce_target_logit(kind, x, t, ignore, C, 1, r)
-        if tid == 0:
-            loss = ce_row_loss(kind, eps, C, wt, xt, lse, A, B)
-            if kind == INDEX_TARGET and target_of(t, r) == ignore:
-                loss = 0.0
+    for first in range(cuda.blockIdx.x * per_block, R, cuda.gridDim.x * per_block):
+        r = first + sub
+        live = r < R
+        ti = int64(t[r]) if live and index else -1
+        ignored = index and ti == ignore
+        read = live and not ignored
+        base = row_base(r, C, K) if live else 0
+        i0, end = base + lane * K, base + C * K
+        it = base + ti * K  # flat index of x_t (meaningful for index targets only)
+        m = load_row(x, i0, end, stride, read, cache, ninf)
+        # x_t, where this thread holds class t (the owner also writes the row's loss)
+        xt = 0.0
+        owner = False
+        if read and index:
+            for j in range(CACHE):
+                if i0 + j * stride == it:
+                    xt = float64(cache[j])
+                    owner = True
+        # tail: online (max, sum), x_t, and the linear sums of its classes
+        A, B = 0.0, 0.0
+        st = zero
+        mt = m
+        if read:
+            i = i0 + CACHE * stride
+            c = lane + CACHE * G
+            while i < end:
+                v = x[uint64(i)]
+                mt, st = online_add(mt, st, v, one)
+                if index and i == it:
+                    xt = float64(v)
+                    owner = True
+                if linear:
+                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c))
+                    A += a * float64(v)
+                    B += a
+                i += stride
+                c += G
+        if linear and read:
+            for j in range(CACHE):
+                i = i0 + j * stride
+                if i < end:
+                    a = float64(class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, lane + j * G))
+                    A += a * float64(cache[j])
+                    B += a
+        M = row_max(mbuf, mt, G)
+        s = cached_exp_sum(cache, M, zero, False) + tail_share(mt, st, M, zero)
+        S = row_sum(buf, float64(s), G)
+        if linear:
+            A = row_sum(buf, A, G)
+            B = row_sum(buf, B, G)
+        if index and not has_w:
+            B = float64(C)  # sum of the smoothing weights w_c: exactly C without weights
+        log_s = math.log(S)
+        Mf = float64(M)
+        wt = target_weight(t, w, has_w, ignore, r) if read and index else 0.0
+        # the row's loss: index  (1 - e) w_t (log S - (x_t - M)) + e / C (B log S - (A - B M));
+        #                 probabilities  B log S - (A - B M)
+        if (owner if index else (lane == 0 and live)):
+            if index:
+                loss = (1.0 - eps) * wt * (log_s - (xt - Mf))
+                if eps > 0.0:
+                    loss += eps / C * (B * log_s - (A - B * Mf))
+            else:
+                loss = B * log_s - (A - B * Mf)
             if reduce:
                 acc += loss
             else:
                 loss_out[r] = loss
-        if with_grad:
-            cuda.syncthreads()  # every thread has read x[t_r] before gx (possibly x itself) is written
-            scale = row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
-            ce_write_grad(kind, x, t, w, has_w, ignore, eps, C, 1, r, tid, TPB, lse, wt, B, scale, gx)
-    if reduce:
-        total = block_sum(buf, acc)
-        if tid == 0:
-            parts[cuda.blockIdx.x] = total
+        elif index and ignored and lane == 0 and not reduce:
+            loss_out[r] = 0.0
+        if with_grad and live:
+            # d_c = k (p_c B' - a_c), p_c = e_c / S with e_c = exp(x_c - M) (held in the cache):
+            #   index          B' = (1 - e) w_t + e B / C,  a_c = (1 - e) w_t [c == t] + e w_c / C
+            #   probabilities  B' = B,                      a_c = w_c ((1 - e) q_c + e / C)
+            # alpha = k B' / S, hit = k (1 - e) w_t, beta a'_c = k e w_c / C or k a_c: data precision.
+            k = 0.0
+            if not ignored:
+                k = row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
+            if index:
+                alpha = cast(tmp, k * ((1.0 - eps) * wt + eps / C * B) / S)
+                hit = cast(tmp, k * (1.0 - eps) * wt)
+                beta = cast(tmp, k * eps / C)
+            else:
+                alpha = cast(tmp, k * B / S)
+                hit = zero
+                beta = cast(tmp, k)
+            i = i0
+            for j in range(CACHE):
+                if i < end:
+                    d = cache[j] * alpha
+                    if linear:
+                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, lane + j * G)
+                    if i == it:
+                        d -= hit
+                    gx[uint64(i)] = zero if ignored else d
+                i += stride
+            c = lane + CACHE * G
+            while i < end:
+                d = zero
+                if not ignored:
+                    d = math.exp(x[uint64(i)] - M) * alpha
+                    if linear:
+                        d -= beta * class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c)
+                    if i == it:
+                        d -= hit
+                gx[uint64(i)] = d
+                i += stride
+                c += G
+    leave_partial(buf, acc, parts)
 
 
 def _class_layout(x):
@@ -398,21 +515,21 @@ def _none_shape(x):
     return () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
 
 
-def _row_buffer(x):
-    """The per-row loss of ``reduction='none'`` (a 1-element buffer for a 1-D input)."""
-    return D.empty((1,) if x.ndim == 1 else _none_shape(x), x.dtype, x)
-
-
 def _none_value(loss_rows, x):
     return D.scalar_view(loss_rows) if x.ndim == 1 else loss_rows
 
 
 def _index_denominator(tf, wf, has_w, ignore_index, like):
-    """float64 device buffer holding ``sum_i w[t_i]`` over non-ignored targets (mean's denominator)."""
-    blocks = D.blocks_for(tf.shape[0])
-    parts = D.partial_buffer(blocks, like)
+    """float64 device buffer holding ``sum_i w[t_i]`` over non-ignored targets (mean's denominator):
+    one block writes it directly when the targets are few, else per-block partials and a final sum."""
+    R = tf.shape[0]
+    den = _R.scratch(1, like, "denominator")
+    if R <= ONE_BLOCK_TARGETS:
+        D.launch(_target_weight_sum, 1, like, tf, wf, has_w, ignore_index, den, threads=_R.MAX_THREADS)
+        return den
+    blocks = D.blocks_for(R)
+    parts = _R.scratch(blocks, like, "denominator parts")
     D.launch(_target_weight_sum, blocks, like, tf, wf, has_w, ignore_index, parts)
-    den = D.result_buffer(like, np.float64)
     D.finish_sum(parts, den)
     return den
 
@@ -422,10 +539,6 @@ def _reduced_value(parts, x, den=1.0, den_buf=None):
     out = D.result_buffer(x)
     D.finish_sum(parts, out, den=den, den_buf=den_buf)
     return D.scalar_view(out)
-
-
-def _inverse(den):
-    return 1.0 / den if den else math.inf
 
 
 class _Rows:
@@ -441,12 +554,14 @@ class _Rows:
         self.has_w = w is not None
         self.wf = D.contiguous(w) if self.has_w else self.xf  # a stand-in, never read
         self.reduce = reduction != "none"
-        self.loss_rows = _row_buffer(self.x)
-        self.loss_flat = D.reshape(self.loss_rows, (self.R,))
+        self.loss_rows, self.loss_flat = None, self.xf  # a stand-in, never written when reduced
+        if not self.reduce:
+            self.loss_rows = D.empty((1,) if self.x.ndim == 1 else _none_shape(self.x), self.x.dtype, self.x)
+            self.loss_flat = D.reshape(self.loss_rows, (self.R,))
         self.gx = grad.out_for(0, self.x) if grad is not None else None
         self.gxf = D.reshape(self.gx, (n,)) if self.gx is not None else self.xf
         shape = () if self.reduce else _none_shape(self.x)
-        self.inc = grad.incoming(shape, self.x) if grad is not None else D.Incoming(1.0, self.xf, -1)
+        self.inc = grad.incoming(shape, self.xf) if grad is not None else D.Incoming(1.0, self.xf, -1)
 
     def index_denominator(self, ignore_index):
         return _index_denominator(self.tf, self.wf, self.has_w, ignore_index, self.x)
@@ -460,7 +575,6 @@ class _Rows:
 def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
     """Cross entropy of logits ``x`` (classes on axis 1) with index or probability targets ``t``."""
     kind = PROB_TARGET if np.dtype(t.dtype).kind == "f" else INDEX_TARGET
-    eps = float(label_smoothing)
     rows = _Rows(x, t, w, reduction, grad, target_per_element=kind == PROB_TARGET)
     C, K, R = rows.C, rows.K, rows.R
     # The mean's denominator: the sum of target weights (index targets), or the number of rows.
@@ -470,17 +584,15 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
             den_buf = rows.index_denominator(ignore_index)
         else:
             den = float(R)
-    by_blocks = _uses_row_blocks(C, K)
-    blocks = min(R, MAX_ROW_BLOCKS) if by_blocks else D.blocks_for(R)
-    parts = D.partial_buffer(blocks if R and C else 0, rows.x)
-    if R and C:
-        args = (kind, rows.tf, rows.wf, rows.has_w, int(ignore_index), eps, rows.reduce, rows.loss_flat, parts,
-                grad is not None, *rows.inc.args(), _inverse(den), den_buf if den_buf is not None else parts,
-                den_buf is not None, rows.gxf)
-        if by_blocks:
-            D.launch(_ce_rows_block, blocks, rows.x, rows.xf, C, *args)
-        else:
-            D.launch(_ce_rows_thread, blocks, rows.x, rows.xf, C, K, *args)
+    G = row_group(C, K)
+    blocks, threads = launch_shape(R, G)
+    work = R and C
+    parts = _R.scratch(blocks if work else 0, rows.x, "parts")
+    if work:
+        D.launch(_ce_rows, blocks, rows.x, rows.xf, R, C, K, G, kind, rows.tf, rows.wf, rows.has_w,
+                 int(ignore_index), float(label_smoothing), rows.reduce, rows.loss_flat, parts,
+                 grad is not None, *rows.inc.args(), 1.0 / den if den else math.inf,
+                 den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
     return rows.result(parts, grad, den, den_buf)
 
 
@@ -489,61 +601,86 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
 # --------------------------------------------------------------------------------------------------
 @cuda.jit
 def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts):
-    """NLL value, one thread per row: ``-w[t_r] x[r, t_r]`` (0 where ignored)."""
-    buf = cuda.shared.array(TPB, float64)
+    """NLL value, one thread per row: ``-w[t_r] x[r, t_r]`` (0 where ignored); one read per row."""
+    buf = cuda.shared.array(BUF, float64)
     R = t.shape[0]
     acc = 0.0
     for r in range(cuda.grid(1), R, cuda.gridsize(1)):
         loss = 0.0
-        ti = target_of(t, r)
+        ti = int64(t[r])
         if ti != ignore:
-            loss = -target_weight(t, w, has_w, ignore, r) * float64(x[(r // K) * C * K + ti * K + r % K])
+            loss = -target_weight(t, w, has_w, ignore, r) * float64(x[row_base(r, C, K) + ti * K])
         if reduce:
             acc += loss
         else:
             loss_out[r] = loss
-    if reduce:
-        total = block_sum(buf, acc)
-        if cuda.threadIdx.x == 0:
-            parts[cuda.blockIdx.x] = total
+    leave_partial(buf, acc, parts)
 
 
 @cuda.jit
-def _nll_elements(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
-                  gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
-    """NLL value and gradient, one thread per *element* (coalesced writes of the whole gradient):
-    ``gx[o, c, k] = -w[t] * scale`` where ``c == t[o, k]``, else 0; the element at the target also
-    adds the row's loss."""
-    buf = cuda.shared.array(TPB, float64)
+def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
+               gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
+    """NLL value and gradient over *lines* of ``J`` contiguous elements (coalesced writes of the whole,
+    mostly zero, gradient): ``gx = -w[t] scale`` at the target class, 0 elsewhere; the element at the
+    target adds the row's loss.
+
+    ``K == 1``: line ``l`` is row ``l`` (``J = C``, element ``j`` is class ``j``). ``K > 1``: line
+    ``l = o C + c`` is class ``c`` of rows ``o K .. o K + K - 1`` (``J = K``); one division per line.
+    Each line is walked by a warp (a grid-stride loop over lines, lanes over its elements).
+    """
+    buf = cuda.shared.array(BUF, float64)
+    lane = cuda.threadIdx.x & (WARP - 1)
+    warp = cuda.grid(1) // WARP
+    warps = cuda.gridsize(1) // WARP
     acc = 0.0
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        c = (i // K) % C
-        r = (i // (C * K)) * K + i % K
-        ti = target_of(t, r)
-        d = 0.0
-        if ti != ignore and ti == c:
-            wt = target_weight(t, w, has_w, ignore, r)
-            loss = -wt * float64(x[i])
-            d = -wt * row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
-            if reduce:
-                acc += loss
-            else:
-                loss_out[r] = loss
-        elif ti == ignore and c == 0 and not reduce:
-            loss_out[r] = 0.0
-        gx[i] = d
-    if reduce:
-        total = block_sum(buf, acc)
-        if cuda.threadIdx.x == 0:
-            parts[cuda.blockIdx.x] = total
+    for line in range(warp, L, warps):
+        base = line * J
+        if K == 1:
+            ti = int64(t[line])
+            k = 0.0
+            wt = 0.0
+            if ti != ignore:
+                wt = target_weight(t, w, has_w, ignore, line)
+                k = -wt * row_scale(reduce, gs, gv, gstep, line, inv_den, den_buf, use_den_buf)
+            for j in range(lane, J, WARP):
+                d = 0.0
+                if j == ti:
+                    d = k
+                    loss = -wt * float64(x[base + j])
+                    if reduce:
+                        acc += loss
+                    else:
+                        loss_out[line] = loss
+                gx[base + j] = d
+            if ti == ignore and lane == 0 and not reduce:
+                loss_out[line] = 0.0
+        else:
+            o = line // C
+            c = line - o * C
+            for j in range(lane, J, WARP):
+                r = o * K + j
+                ti = int64(t[r])
+                d = 0.0
+                if ti == c and ti != ignore:
+                    wt = target_weight(t, w, has_w, ignore, r)
+                    d = -wt * row_scale(reduce, gs, gv, gstep, r, inv_den, den_buf, use_den_buf)
+                    loss = -wt * float64(x[base + j])
+                    if reduce:
+                        acc += loss
+                    else:
+                        loss_out[r] = loss
+                elif ti == ignore and c == 0 and not reduce:
+                    loss_out[r] = 0.0
+                gx[base + j] = d
+    leave_partial(buf, acc, parts)
 
 
 @D.on_input_device
 def nll(x, t, w, ignore_index, reduction, grad):
     """Negative log-likelihood of log-probabilities ``x`` (classes on axis 1), class-index ``t``.
 
-    The value alone reads one element per row (a thread per row); with the gradient, a thread per
-    element writes the whole (mostly zero) gradient with coalesced stores and adds up the loss too.
+    The value alone reads one element per row (a thread per row); with the gradient, a warp per line
+    writes the whole (mostly zero) gradient with coalesced stores and adds up the loss too.
     """
     rows = _Rows(x, t, w, reduction, grad)
     C, K, R, n = rows.C, rows.K, rows.R, rows.x.size
@@ -551,15 +688,17 @@ def nll(x, t, w, ignore_index, reduction, grad):
     ignore = int(ignore_index)
     if grad is None:
         blocks = D.blocks_for(R)
-        parts = D.partial_buffer(blocks if R else 0, rows.x)
-        if R:
+        parts = _R.scratch(blocks if R and C else 0, rows.x, "parts")
+        if R and C:
             D.launch(_nll_rows, blocks, rows.x, rows.xf, C, K, rows.tf, rows.wf, rows.has_w, ignore, rows.reduce,
                      rows.loss_flat, parts)
     else:
-        blocks = D.blocks_for(n)
-        parts = D.partial_buffer(blocks if n else 0, rows.x)
+        L, J = (R, C) if K == 1 else (n // K if K else 0, K)
+        threads = ROWS_BLOCK
+        blocks = max(1, min(MAX_ROW_BLOCKS, -(-L * WARP // threads)))
+        parts = _R.scratch(blocks if n else 0, rows.x, "parts")
         if n:
-            D.launch(_nll_elements, blocks, rows.x, rows.xf, C, K, rows.tf, rows.wf, rows.has_w, ignore,
+            D.launch(_nll_lines, blocks, rows.x, rows.xf, L, J, C, K, rows.tf, rows.wf, rows.has_w, ignore,
                      rows.reduce, rows.loss_flat, parts, *rows.inc.args(), 1.0,
-                     den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf)
+                     den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
     return rows.result(parts, grad, 1.0, den_buf)

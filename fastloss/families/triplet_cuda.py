@@ -5,9 +5,13 @@ Per row of ``D`` values, with ``u = a - p + eps``, ``v = a - n + eps`` and (``sw
 
     d_ap = ||u||_p,   d_an = ||v||_p   (swap: min(||v||_p, ||w||_p)),   loss = max(0, margin + d_ap - d_an)
 
-One thread per row: a first sweep over the row computes the distances (float64), a second writes the
-three gradients from them; each element is read before the same thread writes its gradients, so the
-gradients may overwrite the inputs. Every order ``p`` of the CPU family is served: 1, 2, 3, any other
+A group of ``G`` lanes per row (``G`` the power of two >= the row's width, at most a warp; short rows
+share a warp): a first sweep, lanes striding over the row (coalesced reads), adds each lane's share
+of the three distances' sums, which the group adds in float64 by warp shuffles; a second sweep
+writes the three gradients from them. Each element is read before the same lane writes its
+gradients, so the gradients may overwrite the inputs. For ``p == 2`` (the default) the per-element
+maths is in the data's precision (float32 for float32 data, each lane's share of ``sum u^2`` too);
+other orders use float64 per element. Every order ``p`` of the CPU family is served: 1, 2, 3, any other
 finite non-zero ``p``, ``+inf`` (max norm), ``-inf`` (min norm) and 0 (count of non-zero differences, no
 gradient); the norm's backward is torch's (0 where the norm is 0, ``sgn(0) = 0``, the max/min norm's
 gradient shared among the elements attaining it, ``torch.minimum`` splitting at a tie).
@@ -17,13 +21,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float64, uint64
 
 from .. import _cuda_arrays as D
-from .._cuda_arrays import TPB, incoming_at
-from .ranking_cuda import Launch
+from .. import _cuda_reduce as _R
+from .._cuda_arrays import incoming_at
+from .ranking_cuda import BUF, Launch, cast, row_launch
 
-block_sum, _ = D.block_reductions(globals())
+_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
 # How the p-norm of a difference vector is computed and differentiated.
 NORM_ONE, NORM_TWO, NORM_THREE, NORM_POW, NORM_MAX, NORM_MIN, NORM_COUNT = range(7)
@@ -61,45 +66,64 @@ def diff(x, y, i, eps):
 
 
 @cuda.jit(device=True)
-def row_distance(x, y, base, width, eps, kind, p):
-    """``(||x - y + eps||_p, share)`` of one row; ``share`` (max/min norm) is how many elements its
-    gradient is shared among: those attaining the extreme, or the NaN ones if there are any."""
-    if kind == NORM_MAX or kind == NORM_MIN:
-        best = 0.0 if kind == NORM_MAX else math.inf
-        ties = 0
-        nans = 0
-        for j in range(width):
-            au = abs(diff(x, y, base + j, eps))
-            if au != au:
-                nans += 1
+def lane_distance(x, y, i0, end, G, eps, eps_d, kind, p, zero):
+    """One lane's share of ``||x - y + eps||_p`` over its elements ``i0, i0 + G, ... < end``:
+    ``(sum, best, ties, nans)`` where ``sum`` is the share of the norm's sum (float64; p == 2 adds
+    ``u^2`` in the data's precision, ``eps_d`` being ``eps`` in that dtype) and, for the max/min
+    norms, ``best`` the extreme |u|, ``ties`` how many attain it and ``nans`` the NaN count."""
+    s = 0.0
+    s_d = zero
+    best = 0.0 if kind != NORM_MIN else math.inf
+    ties = 0.0
+    nans = 0.0
+    i = i0
+    while i < end:
+        if kind == NORM_TWO:
+            u_d = (x[uint64(i)] - y[uint64(i)]) + eps_d
+            s_d += u_d * u_d
+        else:
+            u = diff(x, y, uint64(i), eps)
+            au = abs(u)
+            if kind == NORM_ONE:
+                s += au
+            elif kind == NORM_THREE:
+                s += au * u * u
+            elif kind == NORM_COUNT:
+                s += 1.0 if u != 0.0 else 0.0
+            elif kind == NORM_POW:
+                s += au ** p
+            elif au != au:
+                nans += 1.0
             elif au == best:
-                ties += 1
+                ties += 1.0
             elif (au > best) if kind == NORM_MAX else (au < best):
                 best = au
-                ties = 1
-        if nans > 0:
-            return math.nan, nans
-        return best, ties
-    s = 0.0
-    for j in range(width):
-        u = diff(x, y, base + j, eps)
-        if kind == NORM_TWO:
-            s += u * u
-        elif kind == NORM_ONE:
-            s += abs(u)
-        elif kind == NORM_THREE:
-            s += abs(u) * u * u
-        elif kind == NORM_COUNT:
-            s += 1.0 if u != 0.0 else 0.0
-        else:
-            s += abs(u) ** p
+                ties = 1.0
+        i += G
+    return s + float64(s_d), best, ties, nans
+
+
+@cuda.jit(device=True)
+def group_distance(buf, G, kind, p, s, best, ties, nans):
+    """``(||u||_p, share)`` of a row from its lanes' shares (every lane of the group calls it);
+    ``share`` (max/min norm) is how many elements its gradient is shared among: those attaining the
+    extreme, or the NaN ones if there are any."""
+    if kind == NORM_MAX or kind == NORM_MIN:
+        top = group_max(buf, best if kind == NORM_MAX else -best, G)
+        top = top if kind == NORM_MAX else -top
+        share = group_sum(buf, ties if best == top else 0.0, G)
+        nan_count = group_sum(buf, nans, G)
+        if nan_count > 0.0:
+            return math.nan, nan_count
+        return top, share
+    s = group_sum(buf, s, G)
     if kind == NORM_TWO:
-        return math.sqrt(s), 0
+        return math.sqrt(s), 0.0
     if kind == NORM_ONE or kind == NORM_COUNT:
-        return s, 0
+        return s, 0.0
     if kind == NORM_THREE:
-        return s ** (1.0 / 3.0), 0
-    return s ** (1.0 / p), 0
+        return s ** (1.0 / 3.0), 0.0
+    return s ** (1.0 / p), 0.0
 
 
 @cuda.jit(device=True)
@@ -154,30 +178,49 @@ def norm_grad1(u, norm, k, kind, p):
 
 
 @cuda.jit
-def _triplet_rows(a, p, n, rows, width, margin, eps, swap, kind, pp,
+def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
                   reduce, loss_out, want_grad, inv_den, gs, gv, gstep, ga, gp, gn, parts):
-    """Triplet margin loss, one thread per row (flat C-order inputs of ``rows * width`` values).
+    """Triplet margin loss, ``G`` lanes per row (flat C-order inputs of ``rows * width`` values).
 
     ``z = (margin + d_ap) - d_an``; ``dz = g`` where ``z >= 0`` flows to ``d_ap`` as ``dz`` and to
     ``d_an`` as ``-dz``; with swap, to the smaller of ``||v||`` and ``||w||`` (half each at a tie).
+    Every lane runs the same number of row iterations (rows past the end are masked): the group
+    reductions need every lane.
     """
-    buf = cuda.shared.array(TPB, float64)
+    buf = cuda.shared.array(BUF, float64)
+    tmp = cuda.local.array(1, a.dtype)
+    zero = cast(tmp, 0.0)
+    eps_d = cast(tmp, eps)
+    tid = cuda.threadIdx.x
+    lane = tid & (G - 1)
+    per_block = cuda.blockDim.x // G
+    sub = tid // G
     acc = 0.0
-    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
+    for first in range(cuda.blockIdx.x * per_block, rows, cuda.gridDim.x * per_block):
+        r = first + sub
+        live = r < rows
         base = r * width
-        nu, su = row_distance(a, p, base, width, eps, kind, pp)
-        nv, sv = row_distance(a, n, base, width, eps, kind, pp)
-        nw, sw = 0.0, 0
+        i0 = base + lane
+        end = base + width if live else base
+        s, best, ties, nans = lane_distance(a, p, i0, end, G, eps, eps_d, kind, pp, zero)
+        nu, su = group_distance(buf, G, kind, pp, s, best, ties, nans)
+        s, best, ties, nans = lane_distance(a, n, i0, end, G, eps, eps_d, kind, pp, zero)
+        nv, sv = group_distance(buf, G, kind, pp, s, best, ties, nans)
+        nw, sw = 0.0, 0.0
         dn = nv
         if swap:
-            nw, sw = row_distance(p, n, base, width, eps, kind, pp)
+            s, best, ties, nans = lane_distance(p, n, i0, end, G, eps, eps_d, kind, pp, zero)
+            nw, sw = group_distance(buf, G, kind, pp, s, best, ties, nans)
             if not (nv < nw or nv != nv):  # torch.minimum: NaN wins
                 dn = nw
+        if not live:
+            continue
         z = (margin + nu) - dn
         loss = 0.0 if z < 0.0 else z
-        acc += loss
-        if not reduce:
-            loss_out[r] = loss
+        if lane == 0:
+            acc += loss
+            if not reduce:
+                loss_out[r] = loss
         if want_grad:
             g = incoming_at(gs, gv, gstep, 0 if reduce else r) * inv_den
             dz = g if z >= 0.0 else 0.0
@@ -190,14 +233,31 @@ def _triplet_rows(a, p, n, rows, width, margin, eps, swap, kind, pp,
             ku = norm_grad_scale(dz, nu, kind, pp, su)
             kv = norm_grad_scale(cv, nv, kind, pp, sv)
             kw = norm_grad_scale(cw, nw, kind, pp, sw) if swap else 0.0
-            for j in range(width):
-                i = base + j
-                du = norm_grad1(diff(a, p, i, eps), nu, ku, kind, pp)
-                dv = norm_grad1(diff(a, n, i, eps), nv, kv, kind, pp)
-                dw = norm_grad1(diff(p, n, i, eps), nw, kw, kind, pp) if swap else 0.0
-                ga[i] = du + dv
-                gp[i] = dw - du
-                gn[i] = -dv - dw
+            i = i0
+            if kind == NORM_TWO:
+                # d||u||_2 / du = u / ||u||: per element in the data's precision
+                ku_d, kv_d, kw_d = cast(tmp, ku), cast(tmp, kv), cast(tmp, kw)
+                while i < end:
+                    j = uint64(i)
+                    du = ((a[j] - p[j]) + eps_d) * ku_d
+                    dv = ((a[j] - n[j]) + eps_d) * kv_d
+                    dw = zero
+                    if swap:
+                        dw = ((p[j] - n[j]) + eps_d) * kw_d
+                    ga[j] = du + dv
+                    gp[j] = dw - du
+                    gn[j] = -dv - dw
+                    i += G
+            else:
+                while i < end:
+                    j = uint64(i)
+                    du = norm_grad1(diff(a, p, j, eps), nu, ku, kind, pp)
+                    dv = norm_grad1(diff(a, n, j, eps), nv, kv, kind, pp)
+                    dw = norm_grad1(diff(p, n, j, eps), nw, kw, kind, pp) if swap else 0.0
+                    ga[j] = du + dv
+                    gp[j] = dw - du
+                    gn[j] = -dv - dw
+                    i += G
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
@@ -212,7 +272,8 @@ def triplet_margin(a, p, n, margin, pnorm, eps, swap, reduction, grad):
     shape = tuple(a.shape)
     width = shape[-1] if shape else 1
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 1
-    job = Launch((a, p, n), (), shape[:-1], reduction, grad, rows)
+    G, blocks, threads = row_launch(rows, width)
+    job = Launch((a, p, n), (), shape[:-1], reduction, grad, rows, blocks)
     A, P, N = job.inputs
-    return job.run(_triplet_rows, A, P, N, rows, width, float(margin), float(eps), bool(swap),
-                   norm_kind(float(pnorm)), float(pnorm), *job.grad_args(), *job.grads, job.parts)
+    return job.run(_triplet_rows, A, P, N, rows, width, G, float(margin), float(eps), bool(swap),
+                   norm_kind(float(pnorm)), float(pnorm), *job.grad_args(), *job.grads, job.parts, threads=threads)

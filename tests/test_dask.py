@@ -339,7 +339,7 @@ def test_cupy_chunks_stay_on_the_gpu():
 def test_a_loss_the_tables_do_not_name_is_laid_out_from_its_signature():
     """A newly registered loss works on Dask arrays without Dask code of its own: axis 0 of the arrays
     as long as the first is the batch, ``linear_weight`` travels whole and its gradient is summed."""
-    from fastloss._registry import GradRequest, loss
+    from fastloss._registry import loss
 
     def toy_linear_mse(input, linear_weight, target, reduction="mean", *, _grad=None):
         x, w, t = np.asarray(input), np.asarray(linear_weight), np.asarray(target)

@@ -432,8 +432,9 @@ class _Call:
                                  new_axes={f"o{j}": n for j, n in enumerate(shape)}, concatenate=False,
                                  dtype=self.dtype, meta=_empty_like(self.meta, (0,) * len(shape), self.dtype))
         elif mode in ("none", "single"):
+            new = {lab: self.sizes[lab] for lab in self.out if lab not in idx}  # a generic loss's own axes
             value = da.blockwise(_pick_value, self.out, tasks, idx, concatenate=False, dtype=self.dtype,
-                                 meta=_empty_like(self.meta, (0,) * len(self.out), self.dtype))
+                                 new_axes=new or None, meta=_empty_like(self.meta, (0,) * len(self.out), self.dtype))
         else:
             partials = da.blockwise(_pick_value, idx, tasks, idx, concatenate=False, dtype=np.float64,
                                     adjust_chunks={lab: 1 for lab in idx},

@@ -334,3 +334,43 @@ def test_cupy_chunks_stay_on_the_gpu():
             ev, eg = fl.value_and_grad(f)(x, *args, **kw)
             np.testing.assert_allclose(cupy.asnumpy(v), cupy.asnumpy(ev), rtol=2e-6, atol=1e-6)
             np.testing.assert_allclose(cupy.asnumpy(g), cupy.asnumpy(eg), rtol=2e-6, atol=1e-6)
+
+
+def test_a_loss_the_tables_do_not_name_is_laid_out_from_its_signature():
+    """A newly registered loss works on Dask arrays without Dask code of its own: axis 0 of the arrays
+    as long as the first is the batch, ``linear_weight`` travels whole and its gradient is summed."""
+    from fastloss._registry import loss
+
+    def toy_linear_mse(input, linear_weight, target, reduction="mean", *, _grad=None):
+        x, w, t = np.asarray(input), np.asarray(linear_weight), np.asarray(target)
+        if x.shape[-1] != w.shape[1] or t.shape != x.shape[:-1] + (w.shape[0],):
+            raise ValueError(f"shapes {x.shape}, {w.shape}, {t.shape} do not fit")
+        if reduction not in ("none", "sum", "mean"):
+            raise ValueError("reduction must be 'none', 'sum' or 'mean'")
+        r = x @ w.T - t
+        lo = r * r
+        value = lo if reduction == "none" else np.array(lo.sum() / (lo.size if reduction == "mean" else 1), x.dtype)
+        if _grad is None:
+            return value
+        g = _grad.array(lo.shape, x.dtype) if reduction == "none" else _grad.scalar() / (lo.size if reduction == "mean" else 1)
+        d = 2 * r * g
+        return value, (d @ w, d.T @ x)
+
+    try:
+        f = loss(diff=("input", "linear_weight"), family="pointwise")(toy_linear_mse)
+        rng = np.random.default_rng(6)
+        x, w, t = rng.standard_normal((9, 4)), rng.standard_normal((3, 4)), rng.standard_normal((9, 3))
+        for reduction in ("mean", "sum", "none"):
+            go = rng.standard_normal((9, 3)) if reduction == "none" else 0.5
+            ev, (gx, gw) = fl.value_and_grad(f)(x, w, t, reduction, grad_output=go)
+            X = da.from_array(x, chunks=(4, 4))
+            value, (dx, dw) = fl.value_and_grad(f)(X, w, t, reduction, grad_output=go)
+            assert dx.chunks == X.chunks and dw.shape == w.shape
+            v, a, b = dask.compute(value, dx, dw, scheduler="sync")
+            check(v, ev, np.float64, reduction)
+            check(a, gx, np.float64, "input gradient")
+            check(b, gw, np.float64, "linear_weight gradient: the sum over the chunks")
+        with pytest.raises(ValueError):
+            f(X, w, t[:, :2])
+    finally:
+        REGISTRY.pop("toy_linear_mse", None)

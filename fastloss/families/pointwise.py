@@ -870,7 +870,7 @@ def log_loss(y_true, y_pred, normalize, sample_weight, labels, grad):
         row_sums = y_pred.sum(axis=1, dtype=np.float64)
     if not np.allclose(row_sums, 1.0, rtol=math.sqrt(np.finfo(dtype).eps), atol=0.0):
         warnings.warn("The y_pred values do not sum to one. Make sure to pass probabilities.", UserWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     eps = np.finfo(dtype).eps
     clipped = np.clip(p_true, eps, dtype.type(1) - eps).astype(np.float64)
     s = np.ones(n) if sw is None else sw

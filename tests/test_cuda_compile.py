@@ -67,3 +67,42 @@ def test_every_launched_kernel_compiles_for_real_gpus(tmp_path):
     )
     print(done.stdout[-3000:])
     assert done.returncode == 0, f"kernels that do not compile for real GPUs:\n{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
+
+
+#: The fast pointwise kernel's argument types for float32 data (as the drivers launch it).
+FAST_F32_TYPES = ["int64", "float64"] + ["array(float32, 1d, C)", "array(float32, 1d, C)", "int64"] + \
+    ["array(float32, 1d, C)", "int64"] * 2 + ["bool", "array(float32, 1d, C)", "bool", "float64", "float64",
+                                             "array(float32, 1d, C)", "int64", "array(float64, 1d, C)", "int64",
+                                             "array(float32, 1d, C)", "array(float64, 1d, C)"]
+
+
+@pytest.mark.slow
+def test_fast_pointwise_kernel_ptx_streams_float32_without_integer_division():
+    """The contiguous pointwise pass for float32 data: no 64-bit integer division or modulo (its loop
+    indexes operands directly), float32 exponentials (``ex2.approx``), float32 maths (f32 FMAs)."""
+    code = (
+        "import json, re, sys\n"
+        "import cuda_compile as c\n"
+        "why = c.can_compile()\n"
+        "if why: print(why); sys.exit(3)\n"
+        "c.target((9, 0))\n"
+        "from numba import cuda\n"
+        "from fastloss.families import pointwise_cuda as pc\n"
+        f"sig = tuple(c.parse_type(t) for t in {FAST_F32_TYPES!r})\n"
+        "ptx, _ = cuda.compile_ptx(pc._fast_f32.py_func, sig, cc=(9, 0))\n"
+        "print(json.dumps({op: len(re.findall(op, ptx)) for op in "
+        "(r'div\\.[su]64', r'rem\\.[su]64', r'ex2\\.approx[.\\w]*\\.f32', r'fma\\.rn[.\\w]*\\.f32', r'fma\\.rn\\.f64')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=_env(), capture_output=True, text=True,
+                          timeout=1800)
+    if done.returncode == 3:
+        if os.environ.get("FASTLOSS_REQUIRE_CUDA_COMPILE", "") == "1":
+            pytest.fail(f"cannot compile for CUDA: {done.stdout}")
+        pytest.skip(f"numba-cuda with NVVM is needed: {done.stdout.strip()[-500:]}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts[r"div\.[su]64"] == 0 and counts[r"rem\.[su]64"] == 0, counts
+    assert counts[r"ex2\.approx[.\w]*\.f32"] > 0, counts
+    assert counts[r"fma\.rn[.\w]*\.f32"] > 10 * max(counts[r"fma\.rn\.f64"], 1), counts

@@ -103,7 +103,12 @@ def _specialise(template, name, **bindings):
 
 
 def _kernel(template, name, **bindings):
-    kernel = cuda.jit(_specialise(template, name, **bindings))
+    fn = _specialise(template, name, **bindings)
+    # The block reductions bound to the kernel's own namespace: the simulator swaps ``cuda`` in the
+    # kernel's globals for the launch, and a block_sum reading another namespace's ``cuda`` races
+    # (see _cuda_arrays.block_reductions).
+    fn.__globals__["block_sum"] = D.block_reductions(fn.__globals__)[0]
+    kernel = cuda.jit(fn)
     kernel._fastloss_locator = {"function": [__name__, name]}
     return kernel
 

@@ -20,16 +20,33 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time every loss against the memory bandwidth, the float64 reference and PyTorch",
         description="Measure the memory bandwidth, then time every loss (value, and value and "
-                    "gradient) beside its float64 NumPy reference and PyTorch CPU, and print a table.",
+                    "gradient) beside its float64 NumPy reference and PyTorch CPU, and print a table. "
+                    "With --device cuda: every loss on CuPy arrays on the GPU, against the GPU's "
+                    "device-to-device copy bandwidth, PyTorch CUDA and Liger-Kernel's cross entropy "
+                    "(when importable), errors against the float64 reference (needs CuPy and a GPU).",
     )
     bench.add_arguments(bench_parser)
-    bench_parser.set_defaults(run=bench.main, parser=bench_parser)
+    bench_parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cpu (default): NumPy arrays, Numba/Cython kernels; cuda: CuPy arrays on the current GPU "
+             "(pip install 'fastloss[cuda12]'); timed in batches of calls, launch overhead included")
+    bench_parser.set_defaults(run=_bench, parser=bench_parser)
     return parser
 
 
 #: Exit status after the reader of our output went away (``fastloss bench | head``): what a shell
 #: reports for a process ended by SIGPIPE, 128 + 13, as ``cat`` or ``yes`` would end.
 BROKEN_PIPE_STATUS = 141
+
+
+def _bench(args, parser) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from . import bench_cuda  # imports CuPy and numba.cuda only when asked for
+
+        return bench_cuda.main(args, parser)
+    from . import bench
+
+    return bench.main(args, parser)
 
 
 def main(argv=None) -> int:

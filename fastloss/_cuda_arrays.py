@@ -20,11 +20,15 @@ dtype casts, the incoming gradient as the kernels read it, and the value checks 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 import types
 
 import numpy as np
-from numba import config, cuda, float64
+
+from ._cuda_import import cuda  # numba.cuda, or one clear ImportError when it cannot be imported
+from numba import config, float64  # noqa: E402  (after numba.cuda: see _cuda_import)
 
 #: True under the CUDA simulator, where each GPU thread is a Python thread: blocks are kept small
 #: there so that the tests stay fast (the kernels are correct for any power-of-two block size).
@@ -120,8 +124,42 @@ def reshape(a, shape):
 
 
 def scalar_view(buf):
-    """The first element of a one-element result buffer as a 0-d array (a reduced loss)."""
-    return buf.reshape(())
+    """The first element of a one-element result buffer as a 0-d array (a reduced loss).
+
+    CuPy's 0-d arrays support ``float()``; Numba's device arrays do not, so theirs come back as a
+    0-d device array of a subclass that adds ``float()`` and ``int()`` (each copies the value to the
+    host, synchronising it, as CuPy's do).
+    """
+    if is_cupy(buf):
+        return buf.reshape(())
+    if _is_simulated(buf):
+        return _scalar_classes()[1](buf._ary.reshape(()))
+    return _scalar_classes()[0](shape=(), strides=(), dtype=buf.dtype, gpu_data=buf.gpu_data, stream=buf.stream)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_classes():
+    """``(DeviceScalar, SimulatedDeviceScalar)``: 0-d Numba device arrays that ``float()`` accepts."""
+
+    def __float__(self):
+        return float(self.copy_to_host())
+
+    def __int__(self):
+        return int(self.copy_to_host())
+
+    doc = "A reduced loss: a 0-d Numba device array that float() and int() accept."
+    classes = []
+    for base in ("DeviceNDArray", "FakeCUDAArray"):
+        cls = None
+        if base == "DeviceNDArray" and not SIMULATOR:
+            from numba.cuda.cudadrv.devicearray import DeviceNDArray as cls
+        elif base == "FakeCUDAArray" and SIMULATOR:
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as cls
+        # the base's module name: arrays are told apart by their class's module (is_cupy, _dispatch)
+        methods = {"__float__": __float__, "__int__": __int__, "__doc__": doc,
+                   "__module__": cls.__module__ if cls is not None else __name__}
+        classes.append(type("DeviceScalar", (cls,), methods) if cls is not None else None)
+    return tuple(classes)
 
 
 def contiguous(a):
@@ -205,13 +243,122 @@ def _kernel_arg(a):
 
 
 def launch(kernel, blocks: int, like, *args, threads: int = TPB):
-    """Launch ``kernel[blocks, threads]`` on ``like``'s stream (asynchronously)."""
-    kernel[int(blocks), int(threads), stream_for(like)](*[_kernel_arg(a) for a in args])
+    """Launch ``kernel[blocks, threads]`` on ``like``'s stream (asynchronously).
+
+    The one launch point of every fastloss kernel: with ``FASTLOSS_RECORD_LAUNCHES`` set, it also
+    records the kernel and its argument types (see :func:`_record_launch`).
+    """
+    args = [_kernel_arg(a) for a in args]
+    if _RECORD_PATH is not None:
+        _record_launch(kernel, args)
+    kernel[int(blocks), int(threads), stream_for(like)](*args)
+
+
+def kernel_factory(make):
+    """Decorator for a module-level function ``make(*key) -> kernel`` that builds kernels specialised
+    at compile time (``key``: strings, numbers, booleans). Each kernel is built once per key, and
+    carries the way to rebuild it, so that the real-target compile test can find it by name."""
+
+    @functools.lru_cache(maxsize=None)
+    def made(*key):
+        kernel = make(*key)
+        kernel._fastloss_locator = {"factory": [make.__module__, make.__qualname__], "key": list(key)}
+        return kernel
+
+    made.__wrapped__ = make
+    made.__doc__ = make.__doc__
+    return made
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch recording, for the real-target compile test
+# --------------------------------------------------------------------------------------------------
+#: Path of the JSON-lines file of recorded launches, or None (the default: recording costs one test
+#: of this global per launch). The CUDA simulator does not type-check the branches a launch does not
+#: take, so CI runs the CUDA tests under it with recording on, then compiles every recorded
+#: (kernel, argument types) for real GPUs with NVVM in a process without the simulator
+#: (``tests/cuda_compile.py``).
+_RECORD_PATH = os.environ.get("FASTLOSS_RECORD_LAUNCHES") or None
+_RECORDED: set = set()
+
+
+def kernel_locator(kernel) -> dict:
+    """How to find ``kernel`` in a fresh process: its module and qualified name, or its factory and key."""
+    loc = getattr(kernel, "_fastloss_locator", None)
+    if loc is not None:
+        return loc
+    fn = getattr(kernel, "py_func", None) or getattr(kernel, "fn", None)  # real dispatcher / simulator
+    return {"function": [fn.__module__, fn.__qualname__]}
+
+
+def numba_type_name(a) -> str:
+    """The Numba type a real GPU launch gives argument ``a``, as its string (``array(float32, 1d, C)``).
+
+    Device arrays follow numba-cuda's rule (``DeviceNDArray._numba_type_``): 'C' when C-contiguous
+    and not broadcast, else 'F' when F-contiguous and not broadcast, else 'A'. The simulator's arrays
+    wrap NumPy arrays, whose flags give the same answer.
+    """
+    from numba import typeof
+    from numba.np import numpy_support
+
+    if hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "strides") and not np.isscalar(a):
+        broadcast = 0 in tuple(a.strides)
+        flags = a.flags
+        layout = "C" if flags["C_CONTIGUOUS"] and not broadcast else (
+            "F" if flags["F_CONTIGUOUS"] and not broadcast else "A")
+        return str(types_array(numpy_support.from_dtype(np.dtype(a.dtype)), a.ndim, layout))
+    return str(typeof(a))
+
+
+def types_array(dtype, ndim, layout):
+    from numba.core import types as nbtypes
+
+    return nbtypes.Array(dtype, ndim, layout)
+
+
+def _record_launch(kernel, args) -> None:
+    loc = kernel_locator(kernel)
+    entry = {"kernel": loc, "types": [numba_type_name(a) for a in args]}
+    key = json.dumps(entry, sort_keys=True)
+    if key in _RECORDED:
+        return
+    _RECORDED.add(key)
+    with open(_RECORD_PATH, "a", encoding="utf-8") as f:
+        f.write(key + "\n")
 
 
 def blocks_for(n: int, per_block: int = TPB) -> int:
     """Blocks of a grid-stride kernel over ``n`` items: enough to cover them, at most MAX_BLOCKS."""
     return max(1, min(MAX_BLOCKS, -(-int(n) // per_block)))
+
+
+#: Blocks per multiprocessor a streaming grid-stride kernel is given: TPB = 256 threads each, 8 blocks
+#: fill an SM's 2048 threads, enough loads in flight to saturate memory.
+BLOCKS_PER_SM = 8
+_SM_COUNTS: dict = {}
+
+
+def multiprocessors(like) -> int:
+    """The number of streaming multiprocessors of the GPU holding ``like`` (cached per device)."""
+    if SIMULATOR:
+        return 1
+    dev = device_id(like)
+    count = _SM_COUNTS.get(dev)
+    if count is None:
+        if is_cupy(like):
+            count = int(_cupy().cuda.Device(dev).attributes["MultiProcessorCount"])
+        else:
+            count = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        _SM_COUNTS[dev] = count
+    return count
+
+
+def grid_blocks(n: int, like, per_block: int = TPB) -> int:
+    """Blocks of a streaming grid-stride kernel over ``n`` items on ``like``'s GPU: enough to cover
+    them, at most BLOCKS_PER_SM per multiprocessor (1056 on a 132-SM H100/H200; MAX_BLOCKS under the
+    simulator)."""
+    cap = MAX_BLOCKS if SIMULATOR else BLOCKS_PER_SM * multiprocessors(like)
+    return max(1, min(cap, -(-int(n) // per_block)))
 
 
 def on_input_device(driver):
@@ -432,17 +579,43 @@ def first_outside(a, lo: int, hi: int, allowed: int):
 # --------------------------------------------------------------------------------------------------
 class Incoming:
     """``grad_output`` for a kernel: element ``i`` of the loss gets ``scale * values[i * step]``, or
-    ``scale`` alone when ``step < 0`` (a host number, or the default of ones; ``values`` is then any
-    device array of the right type, never read)."""
+    ``scale`` alone when ``step < 0`` (a host number, or the default of ones).
+
+    ``values`` is always a 1-D C-contiguous device array of the loss's dtype, so that a kernel is
+    typed the same way whichever form ``grad_output`` takes. With ``step < 0`` the caller may pass any
+    device array of that dtype and library (often the N-d input itself); it is swapped for a cached
+    one-element array that is never read. Typing ``values[i * step]`` as a row of an N-d input was a
+    compile error on real GPUs that the simulator, which runs only the branch taken, never showed.
+    """
 
     __slots__ = ("scale", "values", "step")
 
     def __init__(self, scale, values, step):
-        self.scale, self.values, self.step = float(scale), values, int(step)
+        step = int(step)
+        if step < 0:
+            values = _unit_values(values)
+        self.scale, self.values, self.step = float(scale), values, step
 
     def args(self):
         """The three kernel arguments ``(scale, values, step)``."""
         return self.scale, self.values, self.step
+
+
+_UNIT_VALUES: dict = {}
+
+
+def _unit_values(like):
+    """A cached one-element 1-D array of ones of ``like``'s dtype, library and device."""
+    key = (is_cupy(like), device_id(like), np.dtype(like.dtype).str)
+    ones = _UNIT_VALUES.get(key)
+    if ones is None:
+        dtype = np.dtype(like.dtype)
+        if is_cupy(like):
+            ones = _cupy().ones((1,), dtype=dtype)
+        else:
+            ones = cuda.to_device(np.ones((1,), dtype=dtype))
+        _UNIT_VALUES[key] = ones
+    return ones
 
 
 def incoming(grad_output, shape, like) -> Incoming:

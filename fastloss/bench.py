@@ -1073,7 +1073,9 @@ def _split(values) -> list:
 #: the CPU losses with a :class:`Context`; its :class:`Section` (rows of :class:`Row`) is printed,
 #: written to the JSON (``"sections"``) and plotted with the rest. The modules are imported when the
 #: command line is built, so they must import nothing heavy (no numba.cuda, no CuPy) at module level.
-SECTION_MODULES = ("fastloss.bench_cuda", "fastloss.bench_small")
+#: ``fastloss bench --device cuda`` is not a section but a mode of its own (:mod:`fastloss.bench_cuda`,
+#: chosen in :mod:`fastloss.__main__`): it times CuPy arrays against the GPU's copy bandwidth.
+SECTION_MODULES = ("fastloss.bench_small",)
 
 
 def section_modules() -> list:

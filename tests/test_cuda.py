@@ -83,7 +83,7 @@ def host(a):
 
 
 def is_numba_device_array(a) -> bool:
-    return type(a).__name__ in ("FakeCUDAArray", "DeviceNDArray")
+    return any(c.__name__ in ("FakeCUDAArray", "DeviceNDArray") for c in type(a).__mro__)
 
 
 def device_args(case):
@@ -126,6 +126,14 @@ def _sampled_cases():
 CASES = _sampled_cases()
 
 
+def _default_grad_output_cases():
+    """Every case in float32 and every other one in float64: the kernels' argument types depend on
+    the dtype, the loss and its options, and the real-target compile test compiles what runs here."""
+    params = case_params(dtypes=(np.float32,))
+    params += [p for i, p in enumerate(case_params(dtypes=(np.float64,))) if i % 2]
+    return params
+
+
 # --------------------------------------------------------------------------------------------------
 # Every registered loss: value and gradients against the CPU path and the REFERENCE
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +170,28 @@ def test_value_and_grad_match_cpu_and_reference(spec, dtype, case):
     after = [host(a) for a in dargs if is_numba_device_array(a)]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)  # inputs are never modified
+
+
+@pytest.mark.parametrize("spec,dtype,case", _default_grad_output_cases())
+def test_default_or_scalar_grad_output_into_out_buffers(spec, dtype, case):
+    """grad_output absent (ones) or a host number, gradients written into the caller's ``out=``
+    buffers: the other forms of the incoming gradient, which kernels are typed for too."""
+    cuda_family(spec)
+    dargs, dkwargs = device_args(case)
+    positions = diff_positions(spec)
+    outs = tuple(cuda.device_array(np.shape(case.args[p]), dtype) for p in positions)
+    ref_value, _ = reference(spec, case)
+    scalar = 2.5 if len(case.id) % 2 else None  # both forms across the grid, one call per case
+    g = np.full(np.shape(ref_value), 1.0 if scalar is None else scalar)
+    kwargs = dict(dkwargs, out=outs if len(outs) > 1 else outs[0])
+    if scalar is not None:
+        kwargs["grad_output"] = scalar
+    value, grads = fl.value_and_grad(spec.fn)(*dargs, **kwargs)
+    ref_value, ref_grads = reference(spec, case, grad_output=g)
+    assert_close(host(value), ref_value, dtype, f"{spec.name} value")
+    for pos, gr, buf, rg in zip(positions, as_tuple(grads, spec), outs, ref_grads):
+        assert gr is buf, f"{spec.name}: gradient of argument {pos} not written into out="
+        assert_close(host(gr), rg, dtype, f"{spec.name} gradient of argument {pos} vs reference")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,6 +379,63 @@ def test_import_fastloss_leaves_numba_cuda_and_cupy_alone():
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def _run_without_simulator(code):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLOSS_RECORD_LAUNCHES")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_unimportable_numba_cuda_is_one_clear_import_error():
+    """A broken CUDA install fails at first GPU use with the versions and the fix, not a deep traceback."""
+    code = (
+        "import sys\n"
+        "sys.modules['numba.cuda'] = None  # as if numba.cuda could not be imported\n"
+        "import numpy as np, fastloss as fl\n"
+        "class GPUArray:\n"
+        "    __cuda_array_interface__ = {}\n"
+        "try:\n"
+        "    fl.mse_loss(GPUArray(), GPUArray())\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
+    done = _run_without_simulator(code)
+    assert done.returncode == 0, done.stdout + done.stderr
+    message = done.stdout
+    for words in ("importing numba.cuda failed", "numba-cuda", "numpy", "fastloss[cuda12]", "NumPy < 2.5"):
+        assert words in message, (words, message)
+
+
+def test_numba_cuda_imports_where_numpy_lacks_row_stack():
+    """numba-cuda 0.30 names np.row_stack (gone in NumPy 2.5): the import works, NumPy is left as it was."""
+    code = (
+        "import numpy as np\n"
+        "if hasattr(np, 'row_stack'):\n"
+        "    del np.row_stack  # NumPy 2.5\n"
+        "from fastloss import _cuda_import\n"
+        "assert _cuda_import.cuda.__name__ == 'numba.cuda'\n"
+        "assert not hasattr(np, 'row_stack'), 'the temporary alias was left behind'\n"
+    )
+    done = _run_without_simulator(code)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_float_of_a_reduced_result():
+    """``float()`` of a reduced loss works for Numba device arrays, as for CuPy's 0-d arrays."""
+    x, t = np.array([1.0, 2.0, 4.0], np.float32), np.array([0.0, 0.0, 1.0], np.float32)
+    value = fl.mse_loss(to_device(x), to_device(t))
+    assert is_numba_device_array(value) and value.shape == ()
+    assert float(value) == pytest.approx(14.0 / 3.0, rel=1e-6)
+    assert int(fl.l1_loss(to_device(x), to_device(t), reduction="sum")) == 6
+    v, _ = fl.value_and_grad(fl.cross_entropy)(to_device(np.zeros((2, 4))), to_device(np.array([1, 2])))
+    assert float(v) == pytest.approx(np.log(4.0))
+    # the result is still a device array that fastloss accepts back, e.g. as a grad_output
+    _, g = fl.value_and_grad(fl.mse_loss)(to_device(x), to_device(t), grad_output=value)
+    assert_close(host(g), float(value) * 2 * (x - t) / 3, np.float32, "gradient")
 
 
 # --------------------------------------------------------------------------------------------------

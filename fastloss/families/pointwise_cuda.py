@@ -1,71 +1,119 @@
 """CUDA twin of the pointwise family: the same drivers as :mod:`fastloss.families.pointwise`, for GPU arrays.
 
 The one-point functions are *not* rewritten here: the very functions of ``pointwise.POINT_FUNCTIONS``
-are compiled with ``cuda.jit(device=True)`` (``compile_point_functions``), with CUDA's ``exp``, ``log``
-and ``log1p``.
+are compiled with ``cuda.jit(device=True)`` (``compile_point_functions``), twice: for float64 data with
+CUDA's float64 ``exp``/``log``/``log1p``, and for float32 data with the float32 ones (libdevice's
+``__nv_expf`` etc., ``ex2.approx.f32``/``lg2.approx.f32`` at heart, several times faster than float64,
+32-64x on consumer GPUs). The one-point formulas' constants are Python floats, so the cheap arithmetic
+around them runs in float64 either way; the transcendentals, which dominate, run in the data's precision
+(float32 results are within a few float32 ulps, far inside the project's 2e-5).
 
-One grid-stride kernel serves every loss. Each thread walks elements ``i, i + gridsize, ...``; per
-element it evaluates the loss ``f`` and its derivative ``d`` in float64, stores ``w * f`` for
+Two grid-stride kernels per precision serve every loss. Each thread walks elements ``i, i + gridsize,
+...``; per element it evaluates the loss ``f`` and its derivative ``d``, stores ``w * f`` for
 ``reduction='none'`` and the gradient ``gscale * grad_output * w * d`` in the same pass, and adds ``w *
 f`` to a float64 running sum. The block's threads combine their sums in shared memory, each block leaves
 one partial, and one more block adds the partials in a fixed order: deterministic, no float atomics.
 
-Operands other than the input (target, weight, pos_weight) are *broadcast operands* ``(flat, q, p)`` as
-on the CPU: element ``i`` reads ``flat[(i // q) % p]``; ``p == 0`` marks an absent operand, read as its
-neutral value (target 0, weight and pos_weight 1).
+* ``_fast_*`` (the common case): every operand other than the input (target, weight, pos_weight) is
+  absent, a single value, or a full C-contiguous array of the input's shape, read at the element's own
+  index: no integer division or modulo anywhere in the loop, whose loads coalesce.
+* ``_broadcast_*`` (rarer): operands broadcast along some axes, ``(flat, q, p)`` as on the CPU: element
+  ``i`` reads ``flat[(i // q) % p]`` (64-bit division, one per operand and element).
+
+The loss is a kernel argument tested once per element; every thread of a launch takes the same branch,
+so it costs a few uniform instructions next to the memory traffic that bounds the kernel.
 """
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
-from numba import cuda, float64, int64
+from numba import cuda, float32, float64, int64
 
 from .. import _cuda_arrays as D
 from .._cuda_arrays import TPB, incoming_at
 from .pointwise import compile_point_functions
 
 
-def _ieee(fn):
-    """``fn`` of NumPy float64, for the simulator: CUDA's exp/log return inf and -inf where Python's
-    ``math`` raises (log(0), exp(1000)); NumPy float64 gives the same IEEE results."""
+def _ieee(fn, dtype):
+    """``fn`` of a NumPy scalar of ``dtype``, for the simulator: CUDA's exp/log return inf and -inf where
+    Python's ``math`` raises (log(0), exp(1000)); NumPy gives the same IEEE results, in the same precision."""
 
     def ieee(v):
         with np.errstate(all="ignore"):
-            return fn(np.float64(v))
+            return fn(dtype(v))
 
     ieee.__name__ = fn.__name__
     return ieee
 
 
-#: The elementary functions of the one-point maths on this target.
-ELEMENTARY = (
-    {"exp": _ieee(np.exp), "log": _ieee(np.log), "log1p": _ieee(np.log1p)} if D.SIMULATOR
-    else {"exp": math.exp, "log": math.log, "log1p": math.log1p}
-)
+@cuda.jit(device=True)
+def _exp32(v):
+    return math.exp(float32(v))
 
-#: The one-point functions of pointwise.py, compiled as CUDA device functions.
-P = compile_point_functions(cuda.jit(device=True), ELEMENTARY)
+
+@cuda.jit(device=True)
+def _log32(v):
+    return math.log(float32(v))
+
+
+@cuda.jit(device=True)
+def _log1p32(v):
+    return math.log1p(float32(v))
+
+
+def _elementary(dtype):
+    """The elementary functions of the one-point maths for data of ``dtype`` on this target."""
+    if D.SIMULATOR:
+        return {name: _ieee(getattr(np, name), dtype) for name in ("exp", "log", "log1p")}
+    if dtype == np.float32:
+        return {"exp": _exp32, "log": _log32, "log1p": _log1p32}
+    return {"exp": math.exp, "log": math.log, "log1p": math.log1p}
+
+
+#: The one-point functions of pointwise.py, compiled as CUDA device functions for float64 and float32 data.
+P64 = compile_point_functions(cuda.jit(device=True), _elementary(np.float64))
+P32 = compile_point_functions(cuda.jit(device=True), _elementary(np.float32))
 
 block_sum, _ = D.block_reductions(globals())
 
-# Loss ids of the generic pass (a branch taken the same way by every thread of a launch).
+# Loss ids (a branch taken the same way by every thread of a launch).
 L1, MSE, SMOOTH_L1, HUBER, MAPE, BCE, BCE_LOGITS, KL_DIV, KL_DIV_LOG_TARGET = range(9)
 
 # How a gradient is divided by a denominator held on the device (den_buf[0]).
 NO_DEN, DIVIDE, DIVIDE_OR_ZERO = 0, 1, 2
 
-
-@cuda.jit(device=True)
-def operand(flat, q, p, i, absent):
-    """Element ``i`` of a broadcast operand ``(flat, q, p)`` in float64; ``absent`` when ``p == 0``."""
-    if p == 0:
-        return absent
-    return float64(flat[(i // q) % p])
+# How the fast kernels read an operand: absent (its neutral value), one value for all, one per element.
+ABSENT, SCALAR, FULL = 0, 1, 2
 
 
-@cuda.jit(device=True)
-def point(kind, a, x, t, pw):
+def _specialise(template, name, **bindings):
+    """``template`` compiled with some of its globals bound (e.g. ``P`` to the float32 functions).
+
+    Module-level kernels and device functions are built this way from one written template (as
+    ``_cuda_arrays.block_reductions`` does); kernels carry their module-level name for the real-target
+    compile test (``_fastloss_locator``).
+    """
+    namespace = dict(globals())
+    namespace.update(bindings)
+    fn = types.FunctionType(template.__code__, namespace, name, template.__defaults__)
+    fn.__qualname__, fn.__doc__ = name, template.__doc__
+    return fn
+
+
+def _kernel(template, name, **bindings):
+    fn = _specialise(template, name, **bindings)
+    # The block reductions bound to the kernel's own namespace: the simulator swaps ``cuda`` in the
+    # kernel's globals for the launch, and a block_sum reading another namespace's ``cuda`` races
+    # (see _cuda_arrays.block_reductions).
+    fn.__globals__["block_sum"] = D.block_reductions(fn.__globals__)[0]
+    kernel = cuda.jit(fn)
+    kernel._fastloss_locator = {"function": [__name__, name]}
+    return kernel
+
+
+def _point(kind, a, x, t, pw):
     """``(loss, d loss / d x)`` of one element for loss ``kind`` (``a``: beta or delta)."""
     if kind == L1:
         return P.l1_point(x - t), P.l1_point_grad(x - t)
@@ -86,42 +134,99 @@ def point(kind, a, x, t, pw):
     return P.kl_div_log_target_point(x, t), P.kl_div_log_target_point_grad(x, t)
 
 
+point64 = cuda.jit(device=True)(_specialise(_point, "point64", P=P64))
+point32 = cuda.jit(device=True)(_specialise(_point, "point32", P=P32))
+
+
 @cuda.jit(device=True)
-def divided(g, den_buf, den_mode):
-    """``g / den_buf[0]`` (DIVIDE), or 0 where that denominator is 0 (DIVIDE_OR_ZERO: rmse's
-    subgradient), or ``g`` (NO_DEN)."""
+def gradient_factor(gscale, den_buf, den_mode):
+    """``gscale / den_buf[0]`` (DIVIDE), 0 where that denominator is 0 (DIVIDE_OR_ZERO: rmse's
+    subgradient), or ``gscale`` (NO_DEN): read and divided once per thread, not per element."""
     if den_mode == NO_DEN:
-        return g
+        return gscale
     d = den_buf[0]
     if den_mode == DIVIDE_OR_ZERO and d == 0.0:
         return 0.0
-    return g / d
+    return gscale / d
 
 
-@cuda.jit
-def _pointwise_pass(kind, a, x, t, tq, tp, w, wq, wp, pw, pwq, pwp, store, vout,
-                    want_grad, gscale, gs, gv, gstep, den_buf, den_mode, gout, parts):
-    """One fused pass of loss ``kind`` over the flat input ``x``.
+@cuda.jit(device=True)
+def at(flat, mode, i, absent):
+    """Operand value of element ``i`` for the fast kernels (see ABSENT, SCALAR, FULL)."""
+    if mode == FULL:
+        return flat[i]
+    if mode == SCALAR:
+        return flat[0]
+    return absent
+
+
+@cuda.jit(device=True)
+def operand(flat, q, p, i, absent):
+    """Element ``i`` of a broadcast operand ``(flat, q, p)``; ``absent`` when ``p == 0``."""
+    if p == 0:
+        return absent
+    return flat[(i // q) % p]
+
+
+def _fast(kind, a, x, t, tm, w, wm, pw, pwm, store, vout, want_grad, gscale, gs, gv, gstep, den_buf, den_mode,
+          gout, parts):
+    """One fused pass of loss ``kind`` over the flat input ``x``; operands read per ``tm``, ``wm``,
+    ``pwm`` (ABSENT, SCALAR or FULL).
 
     ``store``: write ``w * f`` to ``vout`` (reduction='none'). ``want_grad``: write
     ``gscale * grad_output_i * w * d`` (divided per ``den_mode``) to ``gout``, which may be ``x``
     itself: each element is read before the same thread writes it. Leaves this block's float64 sum
-    of ``w * f`` in ``parts[blockIdx]``.
+    of ``w * f`` in ``parts[blockIdx]``. A while loop: ``range`` with a step divides to count its trips.
     """
     buf = cuda.shared.array(TPB, float64)
     acc = 0.0
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        wi = operand(w, wq, wp, i, 1.0)
-        f, d = point(kind, a, float64(x[i]), operand(t, tq, tp, i, 0.0), operand(pw, pwq, pwp, i, 1.0))
+    factor = gradient_factor(gscale, den_buf, den_mode) if want_grad else 0.0
+    n = x.shape[0]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        wi = at(w, wm, i, 1.0)
+        f, d = point(kind, a, x[i], at(t, tm, i, 0.0), at(pw, pwm, i, 1.0))
         v = wi * f
         acc += v
         if store:
             vout[i] = v
         if want_grad:
-            gout[i] = divided(gscale * incoming_at(gs, gv, gstep, i) * wi * d, den_buf, den_mode)
+            gout[i] = factor * incoming_at(gs, gv, gstep, i) * wi * d
+        i += stride
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
+
+
+def _broadcast(kind, a, x, t, tq, tp, w, wq, wp, pw, pwq, pwp, store, vout, want_grad, gscale, gs, gv, gstep,
+               den_buf, den_mode, gout, parts):
+    """As the fast pass, with broadcast operands ``(flat, q, p)`` (see :func:`operand`)."""
+    buf = cuda.shared.array(TPB, float64)
+    acc = 0.0
+    factor = gradient_factor(gscale, den_buf, den_mode) if want_grad else 0.0
+    n = x.shape[0]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
+        wi = operand(w, wq, wp, i, 1.0)
+        f, d = point(kind, a, x[i], operand(t, tq, tp, i, 0.0), operand(pw, pwq, pwp, i, 1.0))
+        v = wi * f
+        acc += v
+        if store:
+            vout[i] = v
+        if want_grad:
+            gout[i] = factor * incoming_at(gs, gv, gstep, i) * wi * d
+        i += stride
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+
+
+_fast_f64 = _kernel(_fast, "_fast_f64", point=point64)
+_fast_f32 = _kernel(_fast, "_fast_f32", point=point32)
+_broadcast_f64 = _kernel(_broadcast, "_broadcast_f64", point=point64)
+_broadcast_f32 = _kernel(_broadcast, "_broadcast_f32", point=point32)
 
 
 @cuda.jit
@@ -129,8 +234,12 @@ def _sum_pass(x, parts):
     """Per-block float64 sums of the flat array ``x`` (the denominator sum(weight) of a weighted mean)."""
     buf = cuda.shared.array(TPB, float64)
     acc = 0.0
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+    n = x.shape[0]
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < n:
         acc += float64(x[i])
+        i += stride
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
@@ -165,6 +274,18 @@ def _broadcast_operand(a, shape, like):
     return D.reshape(full, (full.size,)), 1, full.size
 
 
+def _fast_operand(a, shape, like):
+    """``a`` as ``(flat, mode)`` for the fast kernels (ABSENT, SCALAR or FULL), or ``None`` when it
+    varies along some axes only (the broadcast kernels' case)."""
+    if a is None or a.size == 0:
+        return like, ABSENT
+    if a.size == 1:
+        return D.reshape(D.contiguous(a), (1,)), SCALAR
+    if a.size == math.prod(shape) and np.broadcast_shapes(tuple(a.shape), tuple(shape)) == tuple(shape):
+        return D.reshape(D.contiguous(a), (a.size,)), FULL
+    return None
+
+
 def _weight_sum(w, like):
     """float64 device buffer with ``sum(w)`` (w the same shape as the input)."""
     wf = D.reshape(D.contiguous(w), (w.size,))
@@ -192,17 +313,23 @@ def _pass(kind, x, t, *, a=0.0, weight=None, pos_weight=None, vout=None, gout=No
     """
     n = x.size
     xf = D.reshape(x, (n,))
-    blocks = D.blocks_for(n)
+    blocks = D.grid_blocks(n, x)
     parts = D.partial_buffer(blocks if n else 0, x)
     if not n:
         return parts
     inc = inc if inc is not None else D.Incoming(1.0, xf, -1)
-    D.launch(_pointwise_pass, blocks, x, kind, float(a), xf,
-             *_broadcast_operand(t, x.shape, xf), *_broadcast_operand(weight, x.shape, xf),
-             *_broadcast_operand(pos_weight, x.shape, xf),
-             vout is not None, D.reshape(vout, (n,)) if vout is not None else xf,
-             gout is not None, float(gscale), *inc.args(), den_buf if den_buf is not None else parts,
-             den_mode, D.reshape(gout, (n,)) if gout is not None else xf, parts)
+    f32 = np.dtype(x.dtype) == np.float32
+    tail = (vout is not None, D.reshape(vout, (n,)) if vout is not None else xf,
+            gout is not None, float(gscale), *inc.args(), den_buf if den_buf is not None else parts,
+            den_mode, D.reshape(gout, (n,)) if gout is not None else xf, parts)
+    fast = [_fast_operand(o, x.shape, xf) for o in (t, weight, pos_weight)]
+    if all(f is not None for f in fast):
+        D.launch(_fast_f32 if f32 else _fast_f64, blocks, x, kind, float(a), xf, *fast[0], *fast[1], *fast[2],
+                 *tail)
+    else:
+        D.launch(_broadcast_f32 if f32 else _broadcast_f64, blocks, x, kind, float(a), xf,
+                 *_broadcast_operand(t, x.shape, xf), *_broadcast_operand(weight, x.shape, xf),
+                 *_broadcast_operand(pos_weight, x.shape, xf), *tail)
     return parts
 
 
@@ -322,6 +449,17 @@ def penalty(w, lam, p, grad):
 # --------------------------------------------------------------------------------------------------
 # log_loss (scikit-learn's)
 # --------------------------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def divided(g, den_buf, den_mode):
+    """``g / den_buf[0]`` (DIVIDE), or 0 where that denominator is 0 (DIVIDE_OR_ZERO), or ``g`` (NO_DEN)."""
+    if den_mode == NO_DEN:
+        return g
+    d = den_buf[0]
+    if den_mode == DIVIDE_OR_ZERO and d == 0.0:
+        return 0.0
+    return g / d
+
+
 @cuda.jit(device=True)
 def clipped(v, eps):
     """``clip(v, eps, 1 - eps)`` and whether the clip passes a gradient (``eps <= v <= 1 - eps``)."""

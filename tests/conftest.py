@@ -34,6 +34,12 @@ def pytest_deselected(items):
     GRID["deselected"] += sum(1 for item in items if _in_grid(item))
 
 
+def pytest_collection_modifyitems(session, config, items):
+    # The compile test runs last, so that it compiles every launch of the session, the CUDA tests
+    # beyond test_cuda.py (row kernels, linear cross entropy) included.
+    items.sort(key=lambda item: item.nodeid.split("::")[0].endswith("test_cuda_compile.py"))
+
+
 def pytest_collection_finish(session):
     GRID["collected"] = sum(1 for item in session.items if _in_grid(item))
 

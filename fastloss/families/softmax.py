@@ -1,14 +1,22 @@
 """The softmax family on the CPU: ``log_softmax``, ``softmax``, ``nll_loss`` and ``cross_entropy``.
 
 Semantics are PyTorch 2.13's ``torch.nn.functional`` (see :mod:`fastloss.api` for the formulas).
-``nll_loss`` is a gather of one log-probability per position (NumPy); the others run the Numba
-kernels below, one fused kernel per layout, value and gradient in the same pass over each row.
+``nll_loss`` is one fused gather kernel; the others run the Numba kernels below, one fused kernel per
+layout, value and gradient in the same pass over each row.
+
+Threads. Every kernel here is serial (``nogil``) and works on chunk ``k`` of ``n_chunks`` (runs of
+rows, tiles or blocks of rows); :func:`_run` runs a call below :data:`MIN_CHUNK` elements on the
+calling thread, and shares a bigger one's chunks among the calling thread and the pool threads of
+:func:`fastloss._jit.run_chunks`. Losses are kept per position and summed per chunk in a fixed order,
+so results do not depend on the thread count. A small call with ``B == 1`` (below ``MIN_CHUNK``) runs
+the plain row-at-a-time kernels :func:`_ce_index_small` / :func:`_ce_prob_small`: a first call then
+compiles one small kernel instead of the pipelined or tiled machinery.
 
 Layout. Every input is seen as ``(A, C, B)``: ``C`` classes (the softmax axis, axis 1 of a loss's input)
 between ``A`` leading and ``B`` trailing elements (``B = d1 * ... * dk``).
 
 * ``B == 1`` and ``C > _SHORT_CLASSES`` (input ``(C,)`` or ``(N, C)``): the **row kernels**. Each
-  thread takes runs of consecutive rows; a row is read from memory once and then stays in L2 (a
+  chunk is a run of consecutive rows; a row is read from memory once and then stays in L2 (a
   32000-float row is 128 KB) for a sum-exp pass and, for the gradient, a scaling pass.
   ``exp(x - max)`` is stored straight into the gradient buffer by the sum-exp pass, so the gradient
   pass is a multiply-add and every element sees one ``exp``. The max of a row is taken over integer

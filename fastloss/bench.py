@@ -1102,6 +1102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also write a bar chart of the speed-ups (needs matplotlib: pip install 'fastloss[plot]')")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
+    parser.add_argument("--small", action="store_true",
+                        help="time small calls instead (per-call mean beside torch, also with torch busy)")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar on stderr (auto: when stderr is a terminal)")
     # Shrinks every input (tests run the whole command on tiny arrays); not part of the interface.
@@ -1143,6 +1145,10 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> tuple:
 def measure(args, parser: argparse.ArgumentParser) -> Report:
     """The measurements ``fastloss bench`` makes with parsed ``args`` (``parser.error`` on bad ones)."""
     names, dtypes = check_arguments(parser, args)
+    if getattr(args, "small", False):
+        from . import bench_small
+
+        return bench_small.main(args, names, dtypes)
     if args.threads is not None:
         import fastloss  # the public setter: it governs the Numba and the Cython kernels
 

@@ -368,3 +368,77 @@ def test_cross_entropy_is_nll_of_log_softmax_and_one_hot_probabilities(x, seed):
     one_hot = np.eye(x.shape[1])[t]
     np.testing.assert_allclose(fl.cross_entropy(x, one_hot, reduction="none"),
                                fl.cross_entropy(x, t, reduction="none"), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact zeros, the class-index check inside the drivers, threads
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_one_class_probability_target_is_minus_zero(dtype, reduction):
+    """-(q * log_softmax) of one class is -(q * 0) = -0.0 exactly, as PyTorch (not a rounding residue)."""
+    for v in (0.3, -2.1, 12.345, 1e30):
+        value, grad = vg_ce(np.array([[v], [v / 3]], dtype), np.array([[0.7], [1.0]], dtype), reduction=reduction)
+        assert np.all(value == 0) and np.all(np.signbit(value)), value
+        assert np.all(grad == 0)
+    for axis in (0, 1):
+        y = fl.log_softmax(np.array([[3.3, -1e30, 7.0]], dtype), axis=axis)
+        if axis == 0:
+            assert np.array_equal(y, np.zeros_like(y))
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (6, 40), (3, 5, 4), (70_000, 3)])
+def test_bad_class_index_raises_before_writing_out(shape):
+    """The range check runs in the drivers' pass over the targets: IndexError naming the first bad
+    value, and the caller's out= buffer untouched."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape)
+    n_cls = shape[1]
+    t = rng.integers(0, n_cls, (shape[0],) + shape[2:])
+    flat = t.reshape(-1)
+    flat[len(flat) // 2] = n_cls + 7
+    flat[-1] = -3
+    for vg in (vg_ce, vg_nll):
+        out = np.full(shape, 42.0)
+        with pytest.raises(IndexError, match=f"target {n_cls + 7} is out of bounds"):
+            vg(x, t, out=out)
+        assert np.all(out == 42.0)
+    flat[len(flat) // 2] = -100  # ignore_index
+    with pytest.raises(IndexError, match="target -3 is out of bounds"):
+        fl.cross_entropy(x, t)
+    flat[-1] = 0
+    fl.cross_entropy(x, t)
+    fl.nll_loss(x, t.astype(np.int32))
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (300, 700), (40_000, 8), (16, 5, 5000)])
+def test_results_do_not_depend_on_the_thread_count(shape):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    before = fl.get_num_threads()
+    try:
+        results = []
+        for n in (1, before):
+            fl.set_num_threads(n)
+            v, g = vg_ce(x, t, label_smoothing=0.1)
+            y, gy = fl.value_and_grad(fl.log_softmax)(x, axis=1)
+            results.append((v, g, y, gy, fl.nll_loss(y, t)))
+    finally:
+        fl.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_calls_from_several_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    inputs = [(rng.standard_normal((n, c)).astype(np.float32), rng.integers(0, c, n))
+              for n, c in [(64, 10), (20_000, 10), (500, 300)] * 4]
+    want = [vg_ce(x, t) for x, t in inputs]
+    with ThreadPoolExecutor(6) as ex:
+        got = list(ex.map(lambda a: vg_ce(*a), inputs))
+    for (v1, g1), (v2, g2) in zip(want, got):
+        np.testing.assert_array_equal(v1, v2)
+        np.testing.assert_array_equal(g1, g2)

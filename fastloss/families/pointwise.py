@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .._jit import device, get_num_threads, kernel, run_chunks
+from .._jit import device, kernel, run_chunks
 from .._math import exp, log, log1p
 
 # ==================================================================================================
@@ -596,9 +596,14 @@ _run_chunks = run_chunks
 from .._dispatch import scalar_result  # noqa: E402
 
 
+#: At most this many chunks: fixed, not the thread count, so that the chunks' partial sums, and so the
+#: results, are the same for every ``set_num_threads``; several per thread balance a shared machine.
+MAX_CHUNKS = 16
+
+
 def _nchunks(n: int) -> int:
-    """Chunks (= threads used) for n elements: one per thread, fewer for small inputs."""
-    return max(1, min(get_num_threads(), n // MIN_CHUNK))
+    """Chunks for n elements: at least MIN_CHUNK each, at most MAX_CHUNKS (independent of the threads)."""
+    return max(1, min(MAX_CHUNKS, n // MIN_CHUNK))
 
 
 def _flat(a):

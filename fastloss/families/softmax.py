@@ -1,14 +1,22 @@
 """The softmax family on the CPU: ``log_softmax``, ``softmax``, ``nll_loss`` and ``cross_entropy``.
 
 Semantics are PyTorch 2.13's ``torch.nn.functional`` (see :mod:`fastloss.api` for the formulas).
-``nll_loss`` is a gather of one log-probability per position (NumPy); the others run the Numba
-kernels below, one fused kernel per layout, value and gradient in the same pass over each row.
+``nll_loss`` is one fused gather kernel; the others run the Numba kernels below, one fused kernel per
+layout, value and gradient in the same pass over each row.
+
+Threads. Every kernel here is serial (``nogil``) and works on chunk ``k`` of ``n_chunks`` (runs of
+rows, tiles or blocks of rows); :func:`_run` runs a call below :data:`MIN_CHUNK` elements on the
+calling thread, and shares a bigger one's chunks among the calling thread and the pool threads of
+:func:`fastloss._jit.run_chunks`. Losses are kept per position and summed per chunk in a fixed order,
+so results do not depend on the thread count. A small call with ``B == 1`` (below ``MIN_CHUNK``) runs
+the plain row-at-a-time kernels :func:`_ce_index_small` / :func:`_ce_prob_small`: a first call then
+compiles one small kernel instead of the pipelined or tiled machinery.
 
 Layout. Every input is seen as ``(A, C, B)``: ``C`` classes (the softmax axis, axis 1 of a loss's input)
 between ``A`` leading and ``B`` trailing elements (``B = d1 * ... * dk``).
 
 * ``B == 1`` and ``C > _SHORT_CLASSES`` (input ``(C,)`` or ``(N, C)``): the **row kernels**. Each
-  thread takes runs of consecutive rows; a row is read from memory once and then stays in L2 (a
+  chunk is a run of consecutive rows; a row is read from memory once and then stays in L2 (a
   32000-float row is 128 KB) for a sum-exp pass and, for the gradient, a scaling pass.
   ``exp(x - max)`` is stored straight into the gradient buffer by the sum-exp pass, so the gradient
   pass is a multiply-add and every element sees one ``exp``. The max of a row is taken over integer
@@ -51,7 +59,7 @@ from numba.extending import overload
 from .. import _jit
 from .. import _validation as V
 from .._dispatch import scalar_result
-from .._math import _from_bits, exp, expf, log  # _from_bits: the float of a bit pattern (LLVM bitcast)
+from .._math import _from_bits, _fsub, exp, expf, log  # _from_bits: the float of a bit pattern (LLVM bitcast)
 from .._registry import Case
 
 #: Number of float32 exponentials summed in float32 before the partial sum joins a float64 total.
@@ -395,6 +403,49 @@ def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss
                 os[c] = np.float64(os[c]) * a - b * np.float64(w[c])
             if not ignored:
                 os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total
+
+
+@_loop
+def _ce_prob_small(x, q, w, eps, coef, out, with_grad, loss):
+    """:func:`_ce_prob_rows` for a small call, as :func:`_ce_index_small`; the losses' float64 sum.
+
+    The loss of a row is ``-sum_c a_c (x_c - m - log(s))``, formed as ``-(sum_c a_c (x_c - m) -
+    sum(a) log(s))``: a one-class row is then exactly ``-0.0``, as PyTorch's ``-(q * 0)``, where
+    ``sum(a) (m + log(s)) - sum_c a_c x_c`` leaves a rounding error (6.9e-18) behind. The sums start
+    at ``-0.0``, the identity of addition that keeps that sign."""
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    total = -0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        qs = q[i]
+        m = -np.inf
+        for c in range(n_cls):
+            m = _larger(np.float64(xs[c]), m)
+        sa = 0.0
+        sax = -0.0
+        for c in range(n_cls):
+            a = _prob_weight(qs[c], w[c], eps, e_c)
+            sa += a
+            sax += a * (np.float64(xs[c]) - m)
+        s = 0.0
+        if with_grad:
+            os = out[i]
+            for c in range(n_cls):
+                e = exp(np.float64(xs[c]) - m)
+                os[c] = e
+                s += e
+        else:
+            for c in range(n_cls):
+                s += exp(np.float64(xs[c]) - m)
+        li = _fsub(-0.0, _fsub(sax, sa * log(s)))  # strict: fast-math (nsz) would fold -(a - b) to b - a
+        loss[i] = li
+        total += li
+        if with_grad:
+            k = coef[i]
+            for c in range(n_cls):
+                os[c] = k * (np.float64(os[c]) * sa / s - _prob_weight(qs[c], w[c], eps, e_c))
     return total
 
 
@@ -1033,7 +1084,9 @@ def _run_cross_entropy(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad,
                     inplace, loss)
     x2, out2, coef1, loss1 = x3[:, :, 0], out3[:, :, 0], coef[:, 0], loss[:, 0]
     t2 = t[:, :, 0] if probabilities else t[:, 0]
-    if not probabilities and work < MIN_CHUNK:
+    if work < MIN_CHUNK:
+        if probabilities:
+            return _ce_prob_small(x2, t2, w, eps, coef1, out2, with_grad, loss1)
         return _ce_index_small(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
     if n_cls <= _SHORT_CLASSES:
         units = -(-n // _SHORT_ROWS)

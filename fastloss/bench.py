@@ -1073,9 +1073,11 @@ def _split(values) -> list:
 #: the CPU losses with a :class:`Context`; its :class:`Section` (rows of :class:`Row`) is printed,
 #: written to the JSON (``"sections"``) and plotted with the rest. The modules are imported when the
 #: command line is built, so they must import nothing heavy (no numba.cuda, no CuPy) at module level.
-#: ``fastloss bench --device cuda`` is not a section but a mode of its own (:mod:`fastloss.bench_cuda`,
-#: chosen in :mod:`fastloss.__main__`): it times CuPy arrays against the GPU's copy bandwidth.
-SECTION_MODULES = ("fastloss.bench_small",)
+#: ``fastloss bench --device cuda`` (:mod:`fastloss.bench_cuda`, chosen in :mod:`fastloss.__main__`)
+#: and ``fastloss bench --small`` (:mod:`fastloss.bench_small`) are modes of their own, not sections:
+#: their measurements (GPU batches; per-call latency) share neither the CPU table's columns nor its
+#: bandwidth fractions.
+SECTION_MODULES: tuple = ()
 
 
 def section_modules() -> list:
@@ -1145,10 +1147,6 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> tuple:
 def measure(args, parser: argparse.ArgumentParser) -> Report:
     """The measurements ``fastloss bench`` makes with parsed ``args`` (``parser.error`` on bad ones)."""
     names, dtypes = check_arguments(parser, args)
-    if getattr(args, "small", False):
-        from . import bench_small
-
-        return bench_small.main(args, names, dtypes)
     if args.threads is not None:
         import fastloss  # the public setter: it governs the Numba and the Cython kernels
 
@@ -1167,6 +1165,11 @@ def measure(args, parser: argparse.ArgumentParser) -> Report:
 
 def main(args, parser: argparse.ArgumentParser) -> int:
     """Run ``fastloss bench`` with parsed ``args``; returns the exit status."""
+    if args.small:  # a mode of its own: per-call latency of small inputs (fastloss.bench_small)
+        from . import bench_small
+
+        names, dtypes = check_arguments(parser, args)
+        return bench_small.main(args, names, dtypes)
     report = measure(args, parser)
     if args.plot is not None:  # before the output: a reader that stops early must not lose the plot
         write_plot(report, args.plot)

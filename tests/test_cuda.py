@@ -375,7 +375,7 @@ def test_import_fastloss_leaves_numba_cuda_and_cupy_alone():
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fl.__file__)))  # the fastloss under test: the wheel in CI
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,6 @@ the memory budget (tracemalloc sees NumPy's allocations); the SPEC §4 rows.
 """
 from __future__ import annotations
 
-import itertools
 import tracemalloc
 
 import numpy as np

@@ -32,9 +32,10 @@ memory; the max, the sum-exp (which stores ``exp(z - m)`` when there is no softc
 passes then re-read it from L2. float32 exponentials are summed in float32 over blocks of
 :data:`_BLOCK` elements, each block then added in float64; all other sums are float64.
 
-``linear_cross_entropy`` processes rows in chunks: one BLAS product fills the chunk buffer with the
+``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and
-``d W += G.T @ input`` (a BLAS ``gemm`` with ``beta = 1``: no ``(V, H)`` temporary). When one row of
+``d W += G.T @ input`` (a BLAS ``gemm`` with ``beta = 1``: no ``(V, H)`` temporary). Each thread owns
+one class slice of the chunk and calls single-threaded BLAS on it (see :func:`_sliced_chunks`). When one row of
 ``V`` classes exceeds ``chunk_size``, the classes are processed in blocks too, with an online
 log-sum-exp: a first sweep gathers each row's statistics, a second recomputes each block of logits for
 its gradient (four products instead of three).

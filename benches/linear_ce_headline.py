@@ -15,8 +15,8 @@ before the timed calls; torch's allocations are invisible to tracemalloc, so RSS
 - ``cross_entropy`` value+grad on the (N, V) logits with and without ``z_loss``/``softcap`` (the cost of
   the options).
 
-With ``--gpu`` (CuPy, and torch CUDA / Liger-Kernel where importable) the same rows run on the GPU at
-``--n 8192 --h 4096 --v 128256`` by default, timed with CUDA events, memory from the allocators' peaks.
+The peak of a row includes the gradients it returns (``d input``, ``d W``: 4 bytes x (N + V) x H), as
+every peer allocates them too.
 """
 from __future__ import annotations
 

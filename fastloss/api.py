@@ -382,7 +382,9 @@ def linear_cross_entropy(
     logits: per chunk one matrix product (BLAS; cuBLAS on the GPU), the fused cross-entropy kernel
     writing the logits' gradient over them, and, for the gradient, ``d input = G @ W`` and
     ``d W += G.T @ input`` (``d b += sum(G)``). The default ``chunk_size`` keeps the extra memory to
-    about 3 % of the full logits (at least 64 rows). The products accumulate in the input's precision
+    about 3 % of the full logits (at least 64 rows). On the GPU chunks are whole rows (a ``chunk_size``
+    below ``V`` gives one row per chunk); CuPy arrays use cuBLAS, Numba device arrays a plain product
+    kernel (correct, not fast). The products accumulate in the input's precision
     as BLAS does; the log-sum-exp, loss and reductions in float64. Results do not depend on
     ``chunk_size`` beyond rounding. The gradients (:func:`fastloss.value_and_grad`) are of
     ``(input, linear_weight)``, and of ``linear_bias`` too when one is given.

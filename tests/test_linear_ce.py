@@ -8,7 +8,6 @@ the memory budget (tracemalloc sees NumPy's allocations); the SPEC §4 rows.
 """
 from __future__ import annotations
 
-import itertools
 import tracemalloc
 
 import numpy as np
@@ -226,7 +225,7 @@ def test_linear_extra_memory_stays_within_the_chunk(chunk):
     rows, width = lce._chunk_shape(n, v, chunk)
     budget = rows * width * 4 + 64 * (n + v) + (1 << 16)  # the chunk, float64 row and class vectors
     assert peak <= budget, (peak, budget)
-    assert peak <= 0.15 * logits_bytes
+    assert peak <= 0.2 * logits_bytes
     if chunk is None:
         assert rows * width <= 0.05 * n * v or rows == lce.MIN_CHUNK_ROWS
 

@@ -5,7 +5,7 @@ What it does, in order:
 1. Measures the GPU's copy bandwidth: a device-to-device copy of a large float64 array (256 MiB by
    default), best of a few repeats timed with CUDA events, counting read + write (2 x the bytes).
 2. For each loss and dtype, builds the family's ``BENCH`` input on the host, moves it to the GPU
-   (CuPy), and times, as the median over batches of back-to-back calls with the device synchronised
+   (CuPy), and times, as the mean over batches of back-to-back calls with the device synchronised
    around each batch (so the Python launch overhead is included, as users pay it):
 
    - fastloss's value, and its value and gradient with a reused ``out=`` buffer;
@@ -38,7 +38,6 @@ import importlib.util
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,8 +75,9 @@ def gpu_problem() -> Optional[str]:
 # Timing on the GPU
 # --------------------------------------------------------------------------------------------------
 def time_gpu(fn: Callable, sync: Callable, settings) -> B.Timing:
-    """Median seconds per call of ``fn`` over batches of back-to-back calls, the device synchronised
-    before and after each batch (the host's launch overhead is part of the time, as users pay it)."""
+    """Seconds per call of ``fn`` over batches of back-to-back calls, the device synchronised before and
+    after each batch (the host's launch overhead is part of the time, as users pay it). The bench reports
+    the mean over batches (``mean_s``); ``repeats`` counts the timed calls."""
     fn()
     sync()
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def time_gpu(fn: Callable, sync: Callable, settings) -> B.Timing:
             break
         if len(times) >= settings.min_repeats and elapsed >= settings.budget_s:
             break
-    return B.Timing(statistics.median(times), len(times) * batch)
+    return dataclasses.replace(B.Timing.of(times), repeats=len(times) * batch)
 
 
 def copy_bandwidth(cupy, elements: int, repeats: int) -> tuple:
@@ -162,8 +162,8 @@ def _host(a):
 
 
 def _measure(timing, nbytes, copy_gbs) -> GPUMeasurement:
-    gbs = nbytes / timing.median_s / 1e9
-    return GPUMeasurement(timing.median_s, timing.repeats, nbytes, gbs, gbs / copy_gbs)
+    gbs = nbytes / timing.mean_s / 1e9
+    return GPUMeasurement(timing.mean_s, timing.repeats, nbytes, gbs, gbs / copy_gbs)
 
 
 def _torch_cuda(use_torch: bool):
@@ -257,8 +257,8 @@ def bench_loss_gpu(cupy, spec, dtype, size, settings, copy_gbs, torch, liger, pr
 
         tsync = torch.cuda.synchronize
         t_f, t_fb = time_gpu(t_forward, tsync, settings), time_gpu(t_forward_backward, tsync, settings)
-        v.torch_time_s, v.speedup_vs_torch = t_f.median_s, t_f.median_s / t_value.median_s
-        g.torch_time_s, g.speedup_vs_torch = t_fb.median_s, t_fb.median_s / t_vg.median_s
+        v.torch_time_s, v.speedup_vs_torch = t_f.mean_s, t_f.mean_s / t_value.mean_s
+        g.torch_time_s, g.speedup_vs_torch = t_fb.mean_s, t_fb.mean_s / t_vg.mean_s
         if err_case is case:
             _, tg = t_forward_backward()
             g.torch_rel_err = B.grads_rel_err([t.detach().cpu().double().numpy() for t in tg], ref_g)
@@ -275,7 +275,7 @@ def bench_loss_gpu(cupy, spec, dtype, size, settings, copy_gbs, torch, liger, pr
                 return torch.autograd.grad(val, [logits])
 
             t_l = time_gpu(l_forward_backward, torch.cuda.synchronize, settings)
-            g.liger_time_s, g.speedup_vs_liger = t_l.median_s, t_l.median_s / t_vg.median_s
+            g.liger_time_s, g.speedup_vs_liger = t_l.mean_s, t_l.mean_s / t_vg.mean_s
         except Exception as exc:  # a Liger version with another signature must not end the run
             row.notes.append(f"Liger-Kernel failed: {type(exc).__name__}: {exc}")
     return row
@@ -378,7 +378,7 @@ def format_table(report: GPUReport) -> str:
     lines += [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)]
     lines += [
         "",
-        "time      median over batches of back-to-back calls (device synchronised around each batch),",
+        "time      mean over batches of back-to-back calls (device synchronised around each batch),",
         "          Python launch overhead included; v+grad writes into a reused out= buffer",
         "GB/s      bytes moved per second (inputs read, unreduced output written; v+grad also grad_output",
         "          read and gradients written)",

@@ -79,7 +79,8 @@ def _row_layout(name, p, arrays):
 
     if name in ("log_softmax", "softmax"):
         n = nd("input")
-        axis = int(p.get("axis", -1) if p.get("dim") is None else p["dim"])
+        axis = p.get("axis") if p.get("dim") is None else p["dim"]
+        axis = -1 if axis is None else int(axis)  # axis=None, the default, is the last axis
         if n == 0 or not -n <= axis < n:
             return {"input": ("w0",) * n}, ("w0",) * n  # let the proxy raise the in-memory error
         axis %= n
@@ -97,9 +98,13 @@ def _row_layout(name, p, arrays):
             out = tuple(lab for lab in lab_x if lab != "c")
             labels = {xname: lab_x}
         if "target" in arrays:
-            t = arrays["target"]
-            prob = np.dtype(t.dtype).kind == "f" and name == "cross_entropy"
-            labels["target"] = lab_x if prob else out
+            prob = np.dtype(arrays["target"].dtype).kind == "f"
+            if not prob:
+                labels["target"] = out
+            elif name == "linear_cross_entropy":  # probabilities (N, V) / (V,): rows chunked like input
+                labels["target"] = ("b0", "wv") if n == 2 else ("wv",)  # V, not H: a label of its own
+            else:
+                labels["target"] = lab_x
         return labels, out
     if name in ("cosine_embedding_loss", "multilabel_soft_margin_loss", "multilabel_margin_loss",
                 "multi_margin_loss"):

@@ -30,7 +30,11 @@ def test_readme_tour_runs():
 def test_readme_commands():
     text = README.read_text()
     assert 'pip install ".[bench]" "torch==2.13.0"' in text and "fastloss bench" in text
-    assert 'pip install ".[test,torch]" && cd tests && NUMBA_ENABLE_CUDASIM=1 python -m pytest' in text
+    extras = "test,torch,asv,docs,dask"
+    assert f'pip install ".[{extras}]" && cd tests && NUMBA_ENABLE_CUDASIM=1 python -m pytest' in text
+    ci = (README.parent / ".ci" / "run")
+    if ci.exists():  # CI installs what the README's test command installs
+        assert f"[{extras}]" in ci.read_text()
     assert "python -m venv" in text or "python3 -m venv" in text
     assert "OpenMP" in text and "pip install -e ." in text and "python benches/update_readme.py" in text
     assert "../shared" not in text

@@ -651,14 +651,24 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     return value, tuple(outs)
 
 
+_BLAS_CONTROLLER = []
+
+
 def _single_threaded_blas():
     """threadpoolctl's limit of BLAS to the calling thread (``restore_original_limits()`` undoes it),
-    or ``None`` where threadpoolctl is not installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - installed with SciPy / scikit-learn
-        return None
-    return threadpool_limits(1, user_api="blas")
+    or ``None`` where threadpoolctl is not installed.
+
+    The controller (which inspects every loaded native library: milliseconds, and more Python objects
+    with PyTorch loaded) is made once per process and reused by every call."""
+    if not _BLAS_CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a declared dependency
+            _BLAS_CONTROLLER.append(None)
+        else:
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+    controller = _BLAS_CONTROLLER[0]
+    return None if controller is None else controller.limit(limits=1, user_api="blas")
 
 
 def _in_parallel(n, fn):

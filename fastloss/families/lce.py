@@ -45,13 +45,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from .. import _jit
 from .._dispatch import scalar_result
 from .._math import exp, expf, log
 from .._registry import Case
+from .softmax import _exp_same  # exp in the data's own precision, resolved at compile time
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
 _BLOCK = 256
@@ -70,18 +69,6 @@ MIN_CHUNK_ROWS = 64
 # ================================================================================================
 # One-point functions
 # ================================================================================================
-def _exp_same(v):
-    """``exp(v)`` in ``v``'s own precision: ``expf`` for float32, ``exp`` for float64."""
-    return math.exp(v)
-
-
-@overload(_exp_same)
-def _exp_same_impl(v):
-    if isinstance(v, types.Float) and v.bitwidth == 32:
-        return lambda v: expf(v)
-    return lambda v: exp(v)
-
-
 @_jit.device
 def softcap_point(v, cap):
     """``cap * tanh(v / cap)`` in float64, branch-free (vectorises): ``tanh|u| = (1 - e) / (1 + e)``

@@ -556,3 +556,34 @@ def test_noncontiguous_and_readonly_inputs():
     rv, (rg,) = pw.ref_huber_loss(x, t, reduction="none", grad_output=np.arange(20.0)[:, None])
     np.testing.assert_allclose(v, rv, rtol=1e-14)
     np.testing.assert_allclose(g, rg, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_path_agrees_with_the_general_one(name, dtype, monkeypatch):
+    """Full target, no weight / grad_output, reduced: the direct kernel (one loop per block) gives what
+    the general chunk routine gives, is really taken, and does not depend on the thread count."""
+    rng = np.random.default_rng(9)
+    n = 3 * pw.MIN_CHUNK + 2 * pw.BLOCK + 5  # several chunks, a partial last block
+    x, t = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    vg = fl.value_and_grad(getattr(fl, name))
+    v, g = vg(x, t, reduction="sum")
+    ref_v, (ref_g,) = pw.REFERENCE[name](x.astype(np.float64), t.astype(np.float64), reduction="sum",
+                                        grad_output=None)
+    rtol = 1.5e-7 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(v, ref_v, rtol=rtol)
+    np.testing.assert_allclose(g, ref_g, rtol=rtol)
+    called = []
+    for chunk, direct in list(pw._DIRECT.items()):
+        monkeypatch.setitem(pw._DIRECT, chunk, lambda *a, _d=direct: called.append(1) or _d(*a))
+    v_mean, g_mean = vg(x, t)
+    assert called
+    before = fl.get_num_threads()
+    try:
+        fl.set_num_threads(1)
+        v1, g1 = vg(x, t)
+    finally:
+        fl.set_num_threads(before)
+    assert v1 == v_mean and np.array_equal(g1, g_mean)
+    value_only = getattr(fl, name)(x, t)
+    assert value_only == v_mean

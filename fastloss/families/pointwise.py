@@ -538,6 +538,85 @@ def _chunk(block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout
     return acc
 
 
+# --- the direct path: full target, no weight / pos_weight / grad_output, a reduced value ------------
+# The common training call. One loop per block reads x and t and writes the gradient, with no float64
+# scratch arrays and no operand helpers: about twice the bandwidth of _chunk (benches/pointwise_bandwidth.py).
+# The block sums fold into the chunk's float64 sum in order: deterministic, independent of the threads.
+@device
+def _l1_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.l1_point(r), P.l1_point_grad(r)
+
+
+@device
+def _mse_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.mse_point(r), P.mse_point_grad(r)
+
+
+@device
+def _smooth_l1_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.smooth_l1_point(r, a), P.smooth_l1_point_grad(r, a)
+
+
+@device
+def _huber_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.huber_point(r, a), P.huber_point_grad(r, a)
+
+
+@device
+def _direct(pair, c, nchunks, a, gscale, x, t, gout):
+    """Chunk ``c`` of ``nchunks``: the float64 sum of the loss ``pair(a, x, t)[0]`` over the chunk, and
+    ``gout = gscale * pair(a, x, t)[1]`` where ``gout`` has x's size (empty: no gradient)."""
+    n = x.size
+    lo = c * n // nchunks
+    hi = (c + 1) * n // nchunks
+    xs, ts = x[lo:hi], t[lo:hi]  # sliced first: loops over range(m) vectorise, range(lo, hi) do not
+    acc = 0.0
+    if gout.size == n:
+        gs = gout[lo:hi]
+        for s in range(0, hi - lo, 2 * BLOCK):
+            m = min(2 * BLOCK, hi - lo - s)
+            xb, tb, gb = xs[s:s + m], ts[s:s + m], gs[s:s + m]
+            part = 0.0
+            for j in range(m):
+                f, d = pair(a, xb[j], tb[j])
+                part += f
+                gb[j] = gscale * d
+            acc += part
+    else:
+        for s in range(0, hi - lo, 2 * BLOCK):
+            m = min(2 * BLOCK, hi - lo - s)
+            xb, tb = xs[s:s + m], ts[s:s + m]
+            part = 0.0
+            for j in range(m):
+                part += pair(a, xb[j], tb[j])[0]
+            acc += part
+    return acc
+
+
+@kernel(parallel=False)
+def _l1_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_l1_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _mse_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_mse_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _smooth_l1_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_smooth_l1_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _huber_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_huber_pair, c, nchunks, a, gscale, x, t, gout)
+
+
 # Per loss, one small compiled function inlining _chunk with the loss's block loop; _run_chunks (below)
 # runs it over the chunks in parallel threads. Every chunk function takes
 # (c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout) and returns chunk c's float64 sum of
@@ -710,6 +789,11 @@ def _fused(chunk, x, t, *, a=0.0, weight=None, pos_weight=None, values=None, gra
     n, shape, dtype = x.size, x.shape, x.dtype
     if n == 0:
         return 0.0
+    direct = _DIRECT.get(chunk)
+    if (direct is not None and weight is None and pos_weight is None and grad_output is None
+            and values is None and isinstance(t, np.ndarray) and t.shape == shape and t.dtype == dtype):
+        gflat = np.empty(0, dtype=dtype) if gout is None else gout.reshape(-1)
+        return math.fsum(_run_chunks(direct, _nchunks(n), float(a), float(gscale), _flat(x), _flat(t), gflat))
     empty = np.empty(0, dtype=dtype)
     t_op = _constant_operand(0.0, dtype) if t is None else _broadcast_operand(t, shape)
     one = _constant_operand(1.0, dtype)
@@ -720,6 +804,11 @@ def _fused(chunk, x, t, *, a=0.0, weight=None, pos_weight=None, values=None, gra
     gflat = empty if gout is None else gout.reshape(-1)
     return math.fsum(_run_chunks(chunk, _nchunks(n), float(a), float(gscale), _flat(x), t_op, w_op, pw_op,
                                  go_op, vflat, gflat))
+
+
+#: The losses with a direct path (see _direct), by their general chunk function.
+_DIRECT = {_l1_chunk: _l1_direct_chunk, _mse_chunk: _mse_direct_chunk,
+           _smooth_l1_chunk: _smooth_l1_direct_chunk, _huber_chunk: _huber_direct_chunk}
 
 
 def _run(chunk, x, t, reduction, grad, *, a=0.0, weight=None, pos_weight=None,

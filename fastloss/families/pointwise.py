@@ -791,7 +791,10 @@ def _fused(chunk, x, t, *, a=0.0, weight=None, pos_weight=None, values=None, gra
         return 0.0
     direct = _DIRECT.get(chunk)
     if (direct is not None and weight is None and pos_weight is None and grad_output is None
-            and values is None and isinstance(t, np.ndarray) and t.shape == shape and t.dtype == dtype):
+            and values is None and isinstance(t, np.ndarray) and t.shape == shape and t.dtype == dtype
+            # written over an input, the loop runs LLVM's scalar fallback (other roundings than its
+            # vector body): the general path keeps out=input equal to a fresh buffer
+            and (gout is None or not (np.may_share_memory(gout, x) or np.may_share_memory(gout, t)))):
         gflat = np.empty(0, dtype=dtype) if gout is None else gout.reshape(-1)
         return math.fsum(_run_chunks(direct, _nchunks(n), float(a), float(gscale), _flat(x), _flat(t), gflat))
     empty = np.empty(0, dtype=dtype)

@@ -5,18 +5,19 @@ This Numba build has no SVML, so ``math.exp`` in a loop stays one scalar libm ca
 blends, and 2**n assembled from exponent bits), so a loop calling them vectorises: 4 float64 or 8
 float32 lanes per AVX2 register.
 
-=========  ===============  ====================================================================
-name       types            max error measured in a FASTMATH kernel (tests/test_math.py)
-=========  ===============  ====================================================================
-``exp``    float64→float64  1.05 ulp; subnormal results for -745.13 < x < -708.4, then 0
-``log``    float64→float64  0.78 ulp over all positive floats, subnormals included
-``log1p``  float64→float64  0.83 ulp, relative to the result also near 0 (log1p(tiny) = tiny)
-``expf``   float32→float32  1.05 ulp; subnormal results for -103.97 < x < -87.34, then 0
-``logf``   float32→float32  0.78 ulp over all positive floats, subnormals included
-=========  ===============  ====================================================================
+==========  ===============  ====================================================================
+name        types            max error measured in a FASTMATH kernel (tests/test_math.py)
+==========  ===============  ====================================================================
+``exp``     float64→float64  1.05 ulp; subnormal results for -745.13 < x < -708.4, then 0
+``log``     float64→float64  0.78 ulp over all positive floats, subnormals included
+``log1p``   float64→float64  0.83 ulp, relative to the result also near 0 (log1p(tiny) = tiny)
+``expf``    float32→float32  1.05 ulp; subnormal results for -103.97 < x < -87.34, then 0
+``logf``    float32→float32  0.78 ulp over all positive floats, subnormals included
+``log1pf``  float32→float32  0.81 ulp, relative to the result also near 0
+==========  ===============  ====================================================================
 
 ``exp``, ``log`` and ``log1p`` widen float32 or integer arguments to float64 (as ``math`` does);
-``expf`` and ``logf`` take float32 only.
+``expf``, ``logf`` and ``log1pf`` take float32 only.
 
 Special values as ``numpy``: ``exp(-inf) = 0``, ``exp(inf) = inf``, overflow (x > 709.78) gives inf,
 ``exp(0) = 1`` exactly; ``log(0) = -inf``, ``log(x < 0) = nan``, ``log(inf) = inf``; ``log1p(-1) =
@@ -159,6 +160,7 @@ _LOG_P6 = 0.1461998992141016
 
 # float32 twins. Numba types these np.float32 / np.int32 globals as float32 / int32 constants, which
 # keeps the float32 functions in float32 (8 lanes) instead of promoting them to float64.
+_F0 = np.float32(0.0)
 _F0_5 = np.float32(0.5)
 _F1 = np.float32(1.0)
 _F2 = np.float32(2.0)
@@ -326,14 +328,9 @@ def expf(x):
 
 
 @device
-def logf(x):
-    """Natural logarithm of a float32 in float32 arithmetic, without branches (vectorises).
-
-    As :func:`log` with a degree-2 p; subnormal x are scaled by 2**24.
-    """
-    small = x < _FSMALLEST_NORMAL
-    u = x * _FSUBNORMAL_SCALE if small else x
-    k_shift = _FSUBNORMAL_K if small else _FZERO_K
+def _logf_reduced(u, k_shift, c):
+    """log(u * 2**-k_shift) + c for a positive normal float32 u and a small float32 correction c (as
+    :func:`_log_reduced` with a degree-2 p)."""
     ix = _bits(u)
     k = np.int32((ix - _FSQRT_HALF_BITS) >> _FMANTISSA_BITS)
     m = _from_bits(np.int32(ix - (k << _FMANTISSA_BITS)))
@@ -344,7 +341,35 @@ def logf(x):
     p = _FLOG_P1 + z * _FLOG_P2
     p = _FLOG_P0 + z * p
     kf = np.float32(k - k_shift)
-    tail = _fadd(_fmul(s, _fadd(hfsq, z * p)), _fmul(kf, _FLN2_LO))
-    y = _fadd(_fmul(kf, _FLN2_HI), _fsub(f, _fsub(hfsq, tail)))
-    y = y if x > 0 else (-_FINF if x == 0 else _FNAN)
+    tail = _fadd(_fmul(s, _fadd(hfsq, z * p)), _fadd(_fmul(kf, _FLN2_LO), c))
+    return _fadd(_fmul(kf, _FLN2_HI), _fsub(f, _fsub(hfsq, tail)))
+
+
+@device
+def _logf_special(y, u):
+    """y where u > 0 is finite; -inf at u = 0, nan for u < 0, u itself for +inf and nan (float32)."""
+    y = y if u > 0 else (-_FINF if u == 0 else _FNAN)
+    return y if u < _FINF else u
+
+
+@device
+def logf(x):
+    """Natural logarithm of a float32 in float32 arithmetic, without branches (vectorises).
+
+    As :func:`log` with a degree-2 p; subnormal x are scaled by 2**24.
+    """
+    small = x < _FSMALLEST_NORMAL
+    u = x * _FSUBNORMAL_SCALE if small else x
+    k_shift = _FSUBNORMAL_K if small else _FZERO_K
+    return _logf_special(_logf_reduced(u, k_shift, _F0), x)
+
+
+@device
+def log1pf(x):
+    """log(1 + x) for float32 x in float32 arithmetic, accurate relative to the result also for tiny x
+    (vectorises); the algorithm of :func:`log1p` (u = 1 + x rounded, its exact error c enters as c / u)."""
+    u = _fadd(_F1, x)
+    c = _fsub(_F1, _fsub(u, x)) if x > _F1 else _fsub(x, _fsub(u, _F1))
+    c = c / u
+    y = _logf_special(_logf_reduced(u, _FZERO_K, c), u)
     return y if x < _FINF else x

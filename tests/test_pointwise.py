@@ -456,9 +456,52 @@ def test_large_inputs_match_the_reference(large, name, arg_keys, kw, dtype):
         ref_kwargs = {k: (v_.astype(np.float64) if isinstance(v_, np.ndarray) else v_) for k, v_ in kwargs.items()}
         rv, (rg,) = ref(*[a.astype(np.float64) for a in args], reduction=reduction, grad_output=go, **ref_kwargs)
         rtol = 1.5e-7 if dtype == np.float32 else 1e-13
-        # atol: a loss that cancels to ~0 (kl_div's t log t - t x) keeps only an absolute accuracy
-        np.testing.assert_allclose(v, rv, rtol=rtol, atol=rtol * 1e-3 * np.max(np.abs(rv)))
-        np.testing.assert_allclose(g, rg, rtol=rtol, atol=rtol * 1e-3 * np.max(np.abs(rg)))
+        if name == "binary_cross_entropy_with_logits" and dtype == np.float32:
+            # float32 arithmetic per element (its own test below); sigmoid(x) - 1 cancels for large x
+            np.testing.assert_allclose(v, rv, rtol=2e-5)
+            np.testing.assert_allclose(g, rg, rtol=2e-5, atol=1e-6 * np.max(np.abs(rg)))
+        else:
+            # atol: a loss that cancels to ~0 (kl_div's t log t - t x) keeps only an absolute accuracy
+            np.testing.assert_allclose(v, rv, rtol=rtol, atol=rtol * 1e-3 * np.max(np.abs(rv)))
+            np.testing.assert_allclose(g, rg, rtol=rtol, atol=rtol * 1e-3 * np.max(np.abs(rg)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0])
+@pytest.mark.parametrize("pos_weight", [False, True])
+def test_bce_with_logits_float32_arithmetic_keeps_the_accuracy_targets(scale, pos_weight):
+    """float32 BCE with logits runs in float32 (expf / log1pf): each element within 2e-5 of the float64
+    result, also where torch's form cancels (x << 0 with t small); gradients within 1e-6 of the largest;
+    the reduced value accumulates in float64."""
+    rng = np.random.default_rng(int(scale) + pos_weight)
+    n = 3 * pw.BLOCK + 77
+    x = (scale * rng.standard_normal(n)).astype(np.float32)
+    t = np.concatenate([rng.uniform(0, 1e-3, n // 2), rng.uniform(0, 1, n - n // 2)]).astype(np.float32)
+    kw = {"pos_weight": rng.uniform(0.5, 2.0, n).astype(np.float32)} if pos_weight else {}
+    kw64 = {k: a.astype(np.float64) for k, a in kw.items()}
+    loss = fl.binary_cross_entropy_with_logits
+    for reduction in ("none", "sum"):
+        v, g = fl.value_and_grad(loss)(x, t, reduction=reduction, **kw)
+        rv, rg = fl.value_and_grad(loss)(x.astype(np.float64), t.astype(np.float64), reduction=reduction, **kw64)
+        assert np.asarray(v).dtype == g.dtype == np.float32
+        np.testing.assert_allclose(v, rv, rtol=2e-5)
+        np.testing.assert_allclose(g, rg, rtol=2e-5, atol=1e-6 * np.max(np.abs(rg)))
+    # the float32 path really is a float32 kernel (not the float64 one on widened data)
+    v = np.asarray(loss(x, t, reduction="none", **kw))
+    assert not np.array_equal(v, np.asarray(rv_none := loss(x.astype(np.float64), t.astype(np.float64),
+                                                             reduction="none", **kw64)).astype(np.float32))
+    del rv_none
+
+
+def test_bce_with_logits_float32_special_values_as_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, 1e30, -1e30, np.inf, -np.inf, 200.0, -200.0] * 5, np.float32)
+    t = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0, 0.0, 0.3, 0.7] * 5, np.float32)
+    v, g = fl.value_and_grad(fl.binary_cross_entropy_with_logits)(x, t, reduction="none")
+    tx = torch.tensor(x, requires_grad=True)
+    tv = torch.nn.functional.binary_cross_entropy_with_logits(tx, torch.tensor(t), reduction="none")
+    tv.sum().backward()
+    np.testing.assert_allclose(v, tv.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("w_shape", [(7, 1, 1), (1, 1, 3), (7, 3000, 1), (1, 3000, 3), (7, 1, 3), (3,)])
@@ -513,3 +556,34 @@ def test_noncontiguous_and_readonly_inputs():
     rv, (rg,) = pw.ref_huber_loss(x, t, reduction="none", grad_output=np.arange(20.0)[:, None])
     np.testing.assert_allclose(v, rv, rtol=1e-14)
     np.testing.assert_allclose(g, rg, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_path_agrees_with_the_general_one(name, dtype, monkeypatch):
+    """Full target, no weight / grad_output, reduced: the direct kernel (one loop per block) gives what
+    the general chunk routine gives, is really taken, and does not depend on the thread count."""
+    rng = np.random.default_rng(9)
+    n = 3 * pw.MIN_CHUNK + 2 * pw.BLOCK + 5  # several chunks, a partial last block
+    x, t = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    vg = fl.value_and_grad(getattr(fl, name))
+    v, g = vg(x, t, reduction="sum")
+    ref_v, (ref_g,) = pw.REFERENCE[name](x.astype(np.float64), t.astype(np.float64), reduction="sum",
+                                        grad_output=None)
+    rtol = 1.5e-7 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(v, ref_v, rtol=rtol)
+    np.testing.assert_allclose(g, ref_g, rtol=rtol)
+    called = []
+    for chunk, direct in list(pw._DIRECT.items()):
+        monkeypatch.setitem(pw._DIRECT, chunk, lambda *a, _d=direct: called.append(1) or _d(*a))
+    v_mean, g_mean = vg(x, t)
+    assert called
+    before = fl.get_num_threads()
+    try:
+        fl.set_num_threads(1)
+        v1, g1 = vg(x, t)
+    finally:
+        fl.set_num_threads(before)
+    assert v1 == v_mean and np.array_equal(g1, g_mean)
+    value_only = getattr(fl, name)(x, t)
+    assert value_only == v_mean

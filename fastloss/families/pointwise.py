@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from .._jit import device, kernel, run_chunks
-from .._math import exp, log, log1p
+from .._math import exp, expf, log, log1p, log1pf, logf
 
 # ==================================================================================================
 # 1. One-point functions
@@ -49,7 +49,11 @@ BCE_GRAD_EPS = 9.999999960041972e-13
 MAPE_EPS = 2.220446049250313e-16
 
 #: The constants the one-point functions may use, by name (compile_point_functions binds them).
-POINT_CONSTANTS = {"BCE_LOG_FLOOR": BCE_LOG_FLOOR, "BCE_GRAD_EPS": BCE_GRAD_EPS, "MAPE_EPS": MAPE_EPS}
+#: ZERO and ONE are the literals of the functions that also serve float32 arithmetic (BCE with logits):
+#: compiled with float32 ZERO / ONE (see P32), they keep float32 operands in float32.
+ZERO, ONE, NEG_INF = 0.0, 1.0, -math.inf
+POINT_CONSTANTS = {"BCE_LOG_FLOOR": BCE_LOG_FLOOR, "BCE_GRAD_EPS": BCE_GRAD_EPS, "MAPE_EPS": MAPE_EPS,
+                   "ZERO": ZERO, "ONE": ONE, "NEG_INF": NEG_INF}
 
 
 def sign_point(r):
@@ -168,15 +172,15 @@ def exp_neg_abs_point(x):
 
 def log_sigmoid_point_e(x, e):
     """log(sigmoid(x)) = min(x, 0) - log1p(e) given e = exp(-|x|); never overflows (torch's form)."""
-    m = x if x < 0.0 else 0.0  # NaN: the log1p term is NaN as well
+    m = x if x < ZERO else ZERO  # NaN: the log1p term is NaN as well
     return m - log1p(e)
 
 
 def sigmoid_point_e(x, e):
     """sigmoid(x) given e = exp(-|x|): 1 / (1 + e) for x >= 0, e / (1 + e) below; never overflows."""
-    if x >= 0.0:
-        return 1.0 / (1.0 + e)
-    return e / (1.0 + e)
+    if x >= ZERO:
+        return ONE / (ONE + e)
+    return e / (ONE + e)
 
 
 def log_sigmoid_point(x):
@@ -191,18 +195,24 @@ def sigmoid_point(x):
 
 def bce_logits_point_e(x, t, pw, e):
     """BCE of a logit x with positive weight pw, given e = exp(-|x|):
-    (1 - t) x - (1 + (pw - 1) t) log_sigmoid(x).
+    (1 - t) x - (1 + (pw - 1) t) log_sigmoid(x), with log_sigmoid(x) = min(x, 0) - log1p(e).
 
-    torch's expression term for term (so x = +-inf gives NaN exactly where torch does).
+    Summed as (1 - t) x + w log1p(e) for x >= 0 and -pw t x + w log1p(e) for x < 0 (w = 1 + (pw - 1) t):
+    terms of one sign for t in [0, 1], where torch's form cancels (x = -10, t = 1e-4 loses 3 digits in
+    float32). x = -inf gives NaN (x - x), as torch's inf - inf.
     """
-    log_weight = 1.0 + (pw - 1.0) * t
-    return (1.0 - t) * x - log_weight * log_sigmoid_point_e(x, e)
+    log_weight = ONE + (pw - ONE) * t
+    if x < ZERO:
+        linear = -(pw * t) * x if x > NEG_INF else x - x
+    else:
+        linear = (ONE - t) * x  # NaN for x = NaN, and for x = inf with t = 1 (0 * inf), as torch
+    return linear + log_weight * log1p(e)
 
 
 def bce_logits_point_grad_e(x, t, pw, e):
     """d bce_logits / dx given e = exp(-|x|): (1 + (pw - 1) t) sigmoid(x) - pw t (sigmoid(x) - t when
     pw == 1)."""
-    log_weight = 1.0 + (pw - 1.0) * t
+    log_weight = ONE + (pw - ONE) * t
     return log_weight * sigmoid_point_e(x, e) - pw * t
 
 
@@ -258,7 +268,7 @@ POINT_FUNCTIONS = (
 )
 
 
-def compile_point_functions(compile_one, elementary):
+def compile_point_functions(compile_one, elementary, constants=None):
     """Compile every function of ``POINT_FUNCTIONS`` with ``compile_one`` and return them as a module.
 
     ``compile_one``: a decorator, e.g. ``fastloss._jit.device`` or ``numba.cuda.jit(device=True)``.
@@ -266,10 +276,11 @@ def compile_point_functions(compile_one, elementary):
 
     The plain functions call each other by name; each is re-bound to a namespace in which those names
     (and ``exp``/``log``/``log1p``, ``math`` and ``POINT_CONSTANTS``) are the compiled versions for the
-    target, so the same source serves the CPU and CUDA. The returned object is a module so that jitted
+    target, so the same source serves the CPU and CUDA. ``constants`` overrides entries of
+    ``POINT_CONSTANTS`` (the float32 ZERO and ONE of P32). The returned object is a module so that jitted
     kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at compile time).
     """
-    namespace = {"math": math, **POINT_CONSTANTS, **elementary}
+    namespace = {"math": math, **POINT_CONSTANTS, **(constants or {}), **elementary}
     compiled = types.ModuleType(f"{__name__}.points")
     for fn in POINT_FUNCTIONS:
         rebound = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -301,6 +312,10 @@ def compile_point_functions(compile_one, elementary):
 
 #: The one-point functions compiled for the CPU (inlined into the loops below).
 P = compile_point_functions(device, {"exp": exp, "log": log, "log1p": log1p})
+#: The same, in float32 arithmetic (for the functions written with ZERO / ONE): BCE with logits of
+#: float32 data, whose exp and log1p in float64 made that loss compute-bound.
+P32 = compile_point_functions(device, {"exp": expf, "log": logf, "log1p": log1pf},
+                              {"ZERO": np.float32(0.0), "ONE": np.float32(1.0)})
 
 #: Elements per block: a block's working set (input, target, f, d, gradient: about 36 KB for float32)
 #: stays in L1/L2 between its three loops (512, 1024 and 2048 measured the same).
@@ -371,6 +386,18 @@ def _bce_logits_block(a, xs, ts, pws, f, d):
         xj, tj, pj, e = np.float64(xs[j]), np.float64(ts[j]), np.float64(pws[j]), f[j]
         f[j] = P.bce_logits_point_e(xj, tj, pj, e)
         d[j] = P.bce_logits_point_grad_e(xj, tj, pj, e)
+
+
+@device
+def _bce_logits_f32_block(a, xs, ts, pws, f, d):
+    # float32 data: the per-element terms in float32 (8 lanes, float32 exp / log1p: 2e-7 relative);
+    # stored to the float64 f, d, so that the sums and the chain rule stay in float64.
+    for j in range(xs.size):
+        f[j] = P32.exp_neg_abs_point(xs[j])
+    for j in range(xs.size):
+        xj, tj, pj, e = xs[j], ts[j], pws[j], np.float32(f[j])
+        f[j] = P32.bce_logits_point_e(xj, tj, pj, e)
+        d[j] = P32.bce_logits_point_grad_e(xj, tj, pj, e)
 
 
 @device
@@ -511,6 +538,85 @@ def _chunk(block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout
     return acc
 
 
+# --- the direct path: full target, no weight / pos_weight / grad_output, a reduced value ------------
+# The common training call. One loop per block reads x and t and writes the gradient, with no float64
+# scratch arrays and no operand helpers: about twice the bandwidth of _chunk (benches/pointwise_bandwidth.py).
+# The block sums fold into the chunk's float64 sum in order: deterministic, independent of the threads.
+@device
+def _l1_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.l1_point(r), P.l1_point_grad(r)
+
+
+@device
+def _mse_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.mse_point(r), P.mse_point_grad(r)
+
+
+@device
+def _smooth_l1_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.smooth_l1_point(r, a), P.smooth_l1_point_grad(r, a)
+
+
+@device
+def _huber_pair(a, xj, tj):
+    r = np.float64(xj) - np.float64(tj)
+    return P.huber_point(r, a), P.huber_point_grad(r, a)
+
+
+@device
+def _direct(pair, c, nchunks, a, gscale, x, t, gout):
+    """Chunk ``c`` of ``nchunks``: the float64 sum of the loss ``pair(a, x, t)[0]`` over the chunk, and
+    ``gout = gscale * pair(a, x, t)[1]`` where ``gout`` has x's size (empty: no gradient)."""
+    n = x.size
+    lo = c * n // nchunks
+    hi = (c + 1) * n // nchunks
+    xs, ts = x[lo:hi], t[lo:hi]  # sliced first: loops over range(m) vectorise, range(lo, hi) do not
+    acc = 0.0
+    if gout.size == n:
+        gs = gout[lo:hi]
+        for s in range(0, hi - lo, 2 * BLOCK):
+            m = min(2 * BLOCK, hi - lo - s)
+            xb, tb, gb = xs[s:s + m], ts[s:s + m], gs[s:s + m]
+            part = 0.0
+            for j in range(m):
+                f, d = pair(a, xb[j], tb[j])
+                part += f
+                gb[j] = gscale * d
+            acc += part
+    else:
+        for s in range(0, hi - lo, 2 * BLOCK):
+            m = min(2 * BLOCK, hi - lo - s)
+            xb, tb = xs[s:s + m], ts[s:s + m]
+            part = 0.0
+            for j in range(m):
+                part += pair(a, xb[j], tb[j])[0]
+            acc += part
+    return acc
+
+
+@kernel(parallel=False)
+def _l1_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_l1_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _mse_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_mse_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _smooth_l1_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_smooth_l1_pair, c, nchunks, a, gscale, x, t, gout)
+
+
+@kernel(parallel=False)
+def _huber_direct_chunk(c, nchunks, a, gscale, x, t, gout):
+    return _direct(_huber_pair, c, nchunks, a, gscale, x, t, gout)
+
+
 # Per loss, one small compiled function inlining _chunk with the loss's block loop; _run_chunks (below)
 # runs it over the chunks in parallel threads. Every chunk function takes
 # (c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout) and returns chunk c's float64 sum of
@@ -548,6 +654,11 @@ def _bce_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
 @kernel(parallel=False)
 def _bce_logits_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
     return _chunk(_bce_logits_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _bce_logits_f32_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_bce_logits_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
 
 
 @kernel(parallel=False)
@@ -678,6 +789,14 @@ def _fused(chunk, x, t, *, a=0.0, weight=None, pos_weight=None, values=None, gra
     n, shape, dtype = x.size, x.shape, x.dtype
     if n == 0:
         return 0.0
+    direct = _DIRECT.get(chunk)
+    if (direct is not None and weight is None and pos_weight is None and grad_output is None
+            and values is None and isinstance(t, np.ndarray) and t.shape == shape and t.dtype == dtype
+            # written over an input, the loop runs LLVM's scalar fallback (other roundings than its
+            # vector body): the general path keeps out=input equal to a fresh buffer
+            and (gout is None or not (np.may_share_memory(gout, x) or np.may_share_memory(gout, t)))):
+        gflat = np.empty(0, dtype=dtype) if gout is None else gout.reshape(-1)
+        return math.fsum(_run_chunks(direct, _nchunks(n), float(a), float(gscale), _flat(x), _flat(t), gflat))
     empty = np.empty(0, dtype=dtype)
     t_op = _constant_operand(0.0, dtype) if t is None else _broadcast_operand(t, shape)
     one = _constant_operand(1.0, dtype)
@@ -688,6 +807,11 @@ def _fused(chunk, x, t, *, a=0.0, weight=None, pos_weight=None, values=None, gra
     gflat = empty if gout is None else gout.reshape(-1)
     return math.fsum(_run_chunks(chunk, _nchunks(n), float(a), float(gscale), _flat(x), t_op, w_op, pw_op,
                                  go_op, vflat, gflat))
+
+
+#: The losses with a direct path (see _direct), by their general chunk function.
+_DIRECT = {_l1_chunk: _l1_direct_chunk, _mse_chunk: _mse_direct_chunk,
+           _smooth_l1_chunk: _smooth_l1_direct_chunk, _huber_chunk: _huber_direct_chunk}
 
 
 def _run(chunk, x, t, reduction, grad, *, a=0.0, weight=None, pos_weight=None,
@@ -769,7 +893,8 @@ def bce(x, t, w, reduction, grad):
 
 def bce_logits(x, t, w, pos_weight, reduction, grad):
     """binary_cross_entropy_with_logits; ``w`` and ``pos_weight`` broadcast to ``x``."""
-    return _run(_bce_logits_chunk, x, t, reduction, grad, weight=w, pos_weight=pos_weight)
+    chunk = _bce_logits_f32_chunk if x.dtype == np.float32 else _bce_logits_chunk
+    return _run(chunk, x, t, reduction, grad, weight=w, pos_weight=pos_weight)
 
 
 def kl_div(x, t, reduction, log_target, grad):
@@ -991,9 +1116,11 @@ def ref_binary_cross_entropy_with_logits(input, target, weight=None, reduction="
     x, t, w = np.asarray(input, np.float64), np.asarray(target, np.float64), _w(weight, input)
     pw = _w(pos_weight, input)
     with np.errstate(over="ignore", invalid="ignore"):
-        log_sigmoid = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
         sigmoid = np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
-        loss = (1 - t) * x - (1 + (pw - 1) * t) * log_sigmoid
+        # torch's form in extended precision: in float64 it cancels where x << 0 (the kernels do not)
+        xl, tl, pwl = (np.asarray(a, np.longdouble) for a in (x, t, pw))
+        log_sigmoid_l = np.minimum(xl, 0) - np.log1p(np.exp(-np.abs(xl)))
+        loss = ((1 - tl) * xl - (1 + (pwl - 1) * tl) * log_sigmoid_l).astype(np.float64)
         d = (1 + (pw - 1) * t) * sigmoid - pw * t
     return _ref_reduce(w * loss, w * d, reduction, grad_output)
 

@@ -154,7 +154,7 @@ def test_kernels_compile_for_real_gpus(cc):
     if not _can_compile():
         pytest.skip("numba-cuda with NVVM is not installed here")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fl.__file__)))  # the fastloss under test: the wheel in CI
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", _COMPILE, cc], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -771,7 +771,8 @@ class Report:
             if spread > NOISE_LIMIT:
                 out.append(f"the {len(samples)} {kind} bandwidth measurements ranged from {min(samples):.1f} "
                            f"to {max(samples):.1f} GB/s ({100 * spread:.0f}% apart; over "
-                           f"{100 * NOISE_LIMIT:.0f}% means other work shared the machine)")
+                           f"{100 * NOISE_LIMIT:.0f}% means other work shared the machine, or its memory "
+                           "bandwidth drifted by itself, as a virtual machine's can)")
         return out
 
     def to_json(self) -> dict:

@@ -12,7 +12,8 @@ import pytest
 from fastloss import bench, bench_cuda
 from fastloss.__main__ import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where the fastloss under test lives (the installed wheel in CI, not the unbuilt source tree).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
 
 
 def _gpu_present() -> bool:

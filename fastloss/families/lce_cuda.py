@@ -271,7 +271,9 @@ class _Run:
         self.like = like
         self.prob = prob
         self.has_w = w is not None
-        self.w = D.contiguous(w) if self.has_w else like
+        # Without class weights the kernels still take a 1-D array of the data's dtype there (never read):
+        # a kernel argument's Numba type must not depend on the call's options.
+        self.w = D.contiguous(w) if self.has_w else D.empty((1,), like.dtype, like)
         self.loss_rows = D.empty((max(n_rows, 1),), np.float64, like)
         self.wsum_buf = self.loss_rows  # a stand-in: the kernel reads it only with class weights
         if self.has_w:  # sum_c w_c (label smoothing), left on the device
@@ -433,7 +435,7 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     loss_shape = () if x.ndim == 1 else (N,)
     run = _Run(x2, tf, w, N, ignore_index, reduction, grad, loss_shape, prob)
     has_bias = b is not None
-    bias = D.contiguous(b) if has_bias else x2
+    bias = D.contiguous(b) if has_bias else D.reshape(x2, (x2.size,))  # 1-D either way (same kernel type)
     eps = float(label_smoothing)
     rows, _ = _chunk_shape(N, V, max(chunk_size, V) if chunk_size is not None else None)
     with_grad = grad is not None

@@ -246,6 +246,87 @@ def classification(x, t, w, ignore_index, *, probabilities_allowed: bool = True)
     return x, t, w
 
 
+def _margin_input(x):
+    """``input`` of the margin losses: float, ``(N, C)``, ``(C,)`` or 0-d (one class), ``C > 0``.
+    Returns ``(N, C)``, the rows and classes it holds."""
+    prediction("input", x)
+    shape = tuple(x.shape)
+    if x.ndim > 2 or (x.ndim and shape[-1] == 0):
+        raise ValueError(f"input must be (N, C) or (C,) with C > 0 classes (N may be 0), got shape {shape}")
+    if x.ndim == 2:
+        return shape
+    return 1, (shape[0] if shape else 1)
+
+
+def _margin_target_dtype(t):
+    tdt = np.dtype(t.dtype)
+    if tdt.kind not in "iu":
+        hint = ": convert it with target.astype(numpy.int64)" if tdt.kind == "f" else ""
+        raise TypeError(f"target holds class indices, which must be integers, got dtype {tdt}{hint}")
+
+
+def multi_margin(x, t, w, p):
+    """Check ``multi_margin_loss``'s ``(input, target, weight, p)``: ``input`` as
+    :func:`_margin_input`; ``target`` integer class indices of ``N`` elements, ``(N,)`` or ``()``;
+    ``weight (C,)`` (converted to input's dtype); ``p`` 1 or 2 (``ValueError``). Device targets are
+    range-checked here; NumPy targets by the CPU driver, before any kernel writes. Returns ``(t, w, p)``."""
+    if isinstance(p, (bool, np.bool_)) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    n, n_cls = _margin_input(x)
+    _margin_target_dtype(t)
+    if t.ndim > 1 or t.size != n:
+        raise ValueError(f"input of shape {tuple(x.shape)} needs a class-index target of shape ({n},) or, "
+                         f"for one sample, (), got target {tuple(t.shape)}")
+    if w is not None:
+        w = as_float("weight", w, x.dtype)
+        if tuple(w.shape) != (n_cls,):
+            raise ValueError(f"weight must have shape ({n_cls},) for {n_cls} classes, got {tuple(w.shape)}")
+    if not isinstance(t, np.ndarray):
+        margin_targets(t, n_cls, False)
+    return t, w, int(p)
+
+
+def multilabel_margin(x, t):
+    """Check ``multilabel_margin_loss``'s ``(input, target)``: ``input`` as :func:`_margin_input`,
+    ``target`` integer class indices of input's shape, each in ``[-1, C)`` (device arrays here, NumPy
+    arrays by the CPU driver)."""
+    _, n_cls = _margin_input(x)
+    _margin_target_dtype(t)
+    if tuple(t.shape) != tuple(x.shape):
+        raise ValueError(f"target must have input's shape {tuple(x.shape)}, got target {tuple(t.shape)}")
+    if not isinstance(t, np.ndarray):
+        margin_targets(t, n_cls, True)
+    return t
+
+
+def margin_targets(t, n_classes: int, end_marker: bool) -> None:
+    """Class indices of a margin loss in ``[0, n_classes)``, or ``-1`` where ``end_marker``
+    (``IndexError`` naming the first bad value). For device arrays; NumPy targets are checked by the
+    CPU drivers in a pass they make anyway."""
+    if t.size == 0:
+        return
+    low = -1 if end_marker else 0
+    dev = _numba_device_helpers(t)
+    if dev is not None:
+        lo, hi = dev.value_range(t)
+        if lo >= low and hi < n_classes:
+            return
+        margin_index_error(dev.first_outside(t, low, n_classes, low), n_classes, end_marker)
+    lo, hi = int(t.min()), int(t.max())
+    if lo >= low and hi < n_classes:
+        return
+    bad = (t < low) | (t >= n_classes)
+    margin_index_error(t[bad].ravel()[0], n_classes, end_marker)
+
+
+def margin_index_error(value, n_classes: int, end_marker: bool):
+    """Raise the ``IndexError`` of a margin loss's class index ``value`` out of range."""
+    if end_marker:
+        raise IndexError(f"target {int(value)} is out of bounds for {n_classes} classes (class indices in "
+                         f"[0, {n_classes}), -1 ends a row's list)")
+    raise IndexError(f"target {int(value)} is out of bounds for {n_classes} classes")
+
+
 def large_vocabulary_options(z_loss, softcap):
     """``z_loss >= 0`` and ``softcap`` either ``None`` or ``> 0`` (``ValueError`` otherwise).
     Returns ``(float(z_loss), None or float(softcap))``."""

@@ -21,6 +21,7 @@ __all__ = [
     "l1_penalty", "l2_penalty",
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "linear_cross_entropy",
     "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss", "triplet_margin_loss",
+    "multi_margin_loss", "multilabel_margin_loss",
 ]
 
 _PW = "pointwise"
@@ -543,3 +544,63 @@ def triplet_margin_loss(
     if p == float("inf") and a.ndim and tuple(a.shape)[-1] == 0:  # tuple(): device shapes refuse [-1]
         raise ValueError(f"the p=inf norm of an empty last axis is undefined (anchor of shape {tuple(a.shape)})")
     return family(be, "triplet").triplet_margin(a, po, n, margin, p, float(eps), bool(swap), reduction, _grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Row-wise margin losses (margin family)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input",), family="margin")
+def multi_margin_loss(
+    input: ArrayIn, target: ArrayIn, p: int = 1, margin: float = 1.0, weight: ArrayIn | None = None,
+    reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
+    """Multi-class hinge loss: per row with target class ``y``,
+    ``l = w[y] / C * sum_{i != y} max(0, margin - x[y] + x[i]) ** p``.
+
+    Shapes: ``input (N, C)``, ``(C,)`` or ``()`` (one class); ``target`` class indices (any integer
+    dtype) of ``N`` elements, ``(N,)`` or ``()`` for one sample; ``weight (C,)``. ``p`` is 1 or 2
+    (``ValueError`` otherwise); ``margin`` may be any number. ``'none'`` gives target's shape, ``'mean'``
+    divides the sum by ``N`` (not by a sum of weights; NaN for ``N = 0``). A NaN ``z = margin - x[y] + x[i]``
+    adds nothing and gets no gradient, as in PyTorch (whose kernels test ``z > 0``). The gradient is
+    ``w[y] / C * p * z ** (p - 1)`` where ``z > 0`` (``i != y``) and minus their sum at ``y``, written
+    in the same pass. A class index outside ``[0, C)``: ``IndexError``.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.multi_margin_loss(np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3]))), 6)
+    0.325
+    >>> loss, g = fl.value_and_grad(fl.multi_margin_loss)(np.array([[0.1, 0.2, 0.4, 0.8]]), np.array([3]), p=2)
+    >>> g.round(3).tolist()
+    [[0.15, 0.2, 0.3, -0.65]]
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    t, w, p = V.multi_margin(x, t, w, p)
+    return family(be, "margin").multi_margin(x, t, p, float(margin), w, reduction, _grad)
+
+
+@loss(diff=("input",), family="margin")
+def multilabel_margin_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
+    """Multi-label hinge loss: row ``r`` lists its target classes ``target[r, 0], target[r, 1], ...``
+    up to the first ``-1`` (or the row's end), and
+    ``l = 1 / C * sum_{j listed} sum_{i not listed} max(0, 1 - (x[j] - x[i]))``.
+
+    Shapes: ``input (N, C)``, ``(C,)`` or ``()``; ``target`` integer class indices of input's shape,
+    each in ``[-1, C)`` (values after a row's first ``-1`` are not used, but checked; else
+    ``IndexError``). A class listed twice counts twice, as in PyTorch. ``'none'`` gives ``(N,)`` (``()``
+    for a 1-D input), ``'mean'`` divides the sum by ``N`` (NaN for ``N = 0``). A NaN term adds nothing,
+    as in PyTorch. The gradient, from the same pass: ``+1 / C`` for each violated pair at the other
+    class, ``-1 / C`` at the listed one.
+
+    >>> import numpy as np, fastloss as fl
+    >>> x = np.array([[0.1, 0.2, 0.4, 0.8]]); t = np.array([[3, 0, -1, 1]])
+    >>> round(float(fl.multilabel_margin_loss(x, t)), 6)
+    0.85
+    >>> fl.grad(fl.multilabel_margin_loss)(x, t).tolist()
+    [[-0.5, 0.5, 0.5, -0.5]]
+    """
+    V.reduction(reduction)
+    be, (x, t) = prepare(input=input, target=target)
+    t = V.multilabel_margin(x, t)
+    return family(be, "margin").multilabel_margin(x, t, reduction, _grad)

@@ -14,7 +14,9 @@ multi_margin_loss. Row ``r`` with target ``y``: ``l = w_y / C * sum_{i != y} h(z
 ``w_y / C * h'(z_i)`` at ``i != y`` and minus their sum at ``y``. The sum over ``i != y`` is two plain
 loops, over the classes before ``y`` and after it (no test of ``i == y`` per element: each loop
 vectorises). ``z`` is formed in the data's precision (as PyTorch) from ``a = margin - x_y``; terms are
-summed in that precision over blocks of :data:`_BLOCK` classes, the blocks' sums in float64.
+summed in that precision over blocks of :data:`_BLOCK` classes, the blocks' sums in float64. Rows of
+at most :data:`SHORT_CLASSES` classes take one plain loop per row instead (:func:`_multi_margin_short`,
+the target's term masked): there the per-row cost of the runs outweighs their arithmetic.
 
 multilabel_margin_loss. Row ``r`` lists its targets ``t_0, t_1, ...`` up to the first ``-1`` (or the
 end of the row); ``l = 1 / C * sum_j sum_{i not a target} h(1 - x_{t_j} + x_i)``, a duplicated target
@@ -72,7 +74,7 @@ _BLOCK = 256
 # ================================================================================================
 # multi_margin_loss
 # ================================================================================================
-@_loop
+@_jit.device
 def _multi_margin_side(xs, os, a, squared, c, with_grad):
     """Over a run of classes ``xs`` (none of them the target): ``(sum_i h(a + xs[i]), sum_i os[i])``
     in float64; with ``with_grad`` also ``os[i] = c * h'(a + xs[i])`` (``os`` may be ``xs``)."""
@@ -122,6 +124,40 @@ def _multi_margin_rows(k, n_chunks, x, t, w, margin, squared, coef, out, with_gr
         if with_grad:
             os[y] = -(d1 + d2)
         li = (s1 + s2) * wy
+        loss[r] = li
+        total += li
+    return total
+
+
+@_loop
+def _multi_margin_short(k, n_chunks, x, t, w, margin, squared, coef, out, with_grad, loss):
+    """:func:`_multi_margin_rows` for rows of at most :data:`SHORT_CLASSES` classes: one plain loop per
+    row, the target's term masked (the run-splitting of the long rows costs more than it saves here)."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    n_cls = x.shape[1]
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    total = 0.0
+    for r in range(lo, hi):
+        y = t[r]
+        wy = np.float64(w[y]) / n_cls
+        a = x.dtype.type(margin - np.float64(x[r, y]))
+        c = x.dtype.type(coef[r] * wy if with_grad else 0.0)
+        s = zero
+        d = zero
+        for i in range(n_cls):
+            h, dh = _point(a + x[r, i], squared, zero, one)
+            if i == y:
+                h = zero
+                dh = zero
+            s += h
+            if with_grad:
+                g = c * dh
+                out[r, i] = g
+                d += g
+        if with_grad:
+            out[r, y] = -d
+        li = np.float64(s) * wy
         loss[r] = li
         total += li
     return total
@@ -229,6 +265,8 @@ def _first_outside(t, low, high):
 MIN_CHUNK = 1 << 16
 #: At most this many chunks per call (fixed, so that results do not depend on the thread count).
 MAX_CHUNKS = 16
+#: Rows of at most this many classes take the plain row loop of :func:`_multi_margin_short`.
+SHORT_CLASSES = 32
 
 
 def _run(kernel, n_rows, n_cls, *args):
@@ -328,7 +366,8 @@ def multi_margin(x, t, p, margin, w, reduction, grad):
         coef = _coefficients(grad, reduction, n, loss_shape)
     total = 0.0
     if n:
-        total = _run(_multi_margin_rows, n, n_cls, _readonly(x2), _readonly(tk), wk, float(margin), p == 2, coef,
+        kernel = _multi_margin_short if n_cls <= SHORT_CLASSES else _multi_margin_rows
+        total = _run(kernel, n, n_cls, _readonly(x2), _readonly(tk), wk, float(margin), p == 2, coef,
                      out2, grad is not None, loss)
     value = _reduce(loss, total, reduction, x.dtype, loss_shape)
     return value if grad is None else (value, (out,))

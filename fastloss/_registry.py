@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _half
+
 
 @dataclass(frozen=True)
 class Case:
@@ -135,6 +137,8 @@ class LossSpec:
     fn: Callable
     diff: tuple
     family: str
+    #: the position of each differentiated input among the positional parameters (None: keyword-only)
+    diff_positions: tuple = ()
 
     @property
     def module(self):
@@ -177,10 +181,16 @@ def loss(*, diff, family):
                 from . import _dask
 
                 return _dask.call(spec, args, kwargs, _grad)
+            # float16 arrays: computed by the float32 path, rounded back (fastloss._half)
+            if _half.involved(args, kwargs, _grad):
+                return _half.call(fn, spec, args, kwargs, _grad)
             return fn(*args, _grad=_grad, **kwargs)
 
         public.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "_grad"])
-        spec = LossSpec(fn.__name__, public, tuple(diff), family)
+        params = [p for p in sig.parameters.values() if p.name != "_grad"]
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        positions = tuple(positional.index(d) if d in positional else None for d in diff)
+        spec = LossSpec(fn.__name__, public, tuple(diff), family, positions)
         REGISTRY[spec.name] = spec
         public._fastloss_spec = spec
         return public

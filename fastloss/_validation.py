@@ -20,10 +20,11 @@ def reduction(value, allowed=REDUCTIONS) -> str:
 
 
 def prediction(name: str, a):
-    """A prediction must be a float32 or float64 array (``TypeError`` otherwise)."""
+    """A prediction must be a float32 or float64 array (``TypeError`` otherwise); float16 arrays never
+    reach the checks (fastloss._half converts them to float32 first)."""
     dt = np.dtype(a.dtype)
     if dt not in FLOATS:
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+        raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype {dt}")
     return a
 
 

@@ -40,7 +40,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -122,31 +122,15 @@ def copy_bandwidth(cupy, elements: int, repeats: int) -> tuple:
 # One loss
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class GPUMeasurement:
-    time_s: float
-    repeats: int
-    bytes: int
-    gbs: float
-    bw_fraction: float
-    rel_err: float = math.nan
-    value_rel_err: float = math.nan
-    torch_time_s: Optional[float] = None
-    speedup_vs_torch: Optional[float] = None
-    torch_rel_err: Optional[float] = None
+class GPUMeasurement(B.Measurement):
+    """:class:`fastloss.bench.Measurement` on the GPU, with Liger-Kernel as one more peer."""
+
     liger_time_s: Optional[float] = None
     speedup_vs_liger: Optional[float] = None
 
 
-@dataclass
-class GPURow:
-    loss: str
-    dtype: str
-    shape: tuple
-    elements: int
-    value: GPUMeasurement
-    value_and_grad: GPUMeasurement
-    reference_rows: Optional[int] = None
-    notes: list = field(default_factory=list)
+class GPURow(B.Row):
+    """:class:`fastloss.bench.Row` of GPU measurements (``wall_s`` unused)."""
 
 
 def _to_gpu(cupy, case):

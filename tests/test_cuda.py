@@ -195,6 +195,38 @@ def test_default_or_scalar_grad_output_into_out_buffers(spec, dtype, case):
         assert_close(host(gr), rg, dtype, f"{spec.name} gradient of argument {pos} vs reference")
 
 
+def _first_half_cases():
+    """One float16 case per loss (fastloss._half converts on the device; the kernels are float32's)."""
+    seen, params = set(), []
+    for p in case_params(dtypes=(np.float16,)):
+        if p.values[0].name not in seen:
+            seen.add(p.values[0].name)
+            params.append(p)
+    return params
+
+
+@pytest.mark.parametrize("spec,dtype,case", _first_half_cases())
+def test_float16_on_the_device(spec, dtype, case):
+    """float16 device arrays: float16 value and gradients on the device, equal to the CPU's float16
+    result to a float16 rounding (both run float32 kernels), the gradient into a float16 ``out=``."""
+    cuda_family(spec)
+    dargs, dkwargs = device_args(case)
+    slots = diff_slots(spec, case)
+    outs = tuple(cuda.device_array(np.shape(slot_value(case, s)), np.asarray(slot_value(case, s)).dtype)
+                 for _, s in slots)
+    value, grads = fl.value_and_grad(spec.fn)(*dargs, out=outs if len(outs) > 1 else outs[0], **dkwargs)
+    cpu_value, cpu_grads = fl.value_and_grad(spec.fn)(*case.args, **case.kwargs)
+    assert is_numba_device_array(value) and np.dtype(value.dtype) == np.asarray(cpu_value).dtype
+    hv = host(value)
+    np.testing.assert_allclose(hv.astype(np.float64), np.asarray(cpu_value, np.float64), rtol=2.0 ** -10,
+                               atol=2.0 ** -20, err_msg=f"{spec.name} float16 value vs CPU")
+    for buf, gr, cg in zip(outs, as_tuple(grads, len(slots)), as_tuple(cpu_grads, len(slots))):
+        assert gr is buf and np.dtype(gr.dtype) == cg.dtype
+        scale = float(np.max(np.abs(cg), initial=0.0))
+        np.testing.assert_allclose(host(gr).astype(np.float64), cg.astype(np.float64), rtol=2.0 ** -10,
+                                   atol=2.0 ** -10 * scale + 2.0 ** -20, err_msg=f"{spec.name} float16 grad")
+
+
 # --------------------------------------------------------------------------------------------------
 # Softmax family: both row kernels, every target kind, in place
 # --------------------------------------------------------------------------------------------------

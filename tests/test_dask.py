@@ -248,6 +248,23 @@ def test_float32_sums_are_exact_to_float32_rounding():
     assert got == np.float32(ref) or abs(got - ref) <= 1.2e-7 * ref
 
 
+@pytest.mark.parametrize("name", ["cross_entropy", "mse_loss", "triplet_margin_loss"])
+def test_float16_chunks(name):
+    """float16 Dask arrays: float16 results equal to the in-memory float16 call (both sum the chunks'
+    float64 partials of float32 kernels, and round once)."""
+    spec = REGISTRY[name]
+    case = spec.cases(np.random.default_rng(SEED), np.float16)[0]
+    value, grads = fl.value_and_grad(spec.fn)(**as_dask(spec, case, 3))
+    mem_value, mem_grads = fl.value_and_grad(spec.fn)(*case.args, **case.kwargs)
+    assert value.dtype == np.float16
+    value, grads = dask.compute(value, grads)
+    np.testing.assert_allclose(np.float64(value), np.float64(mem_value), rtol=2.0 ** -10)
+    for g, m in zip(grads if isinstance(grads, tuple) else (grads,),
+                    mem_grads if isinstance(mem_grads, tuple) else (mem_grads,)):
+        assert g.dtype == np.float16
+        np.testing.assert_allclose(g.astype(np.float64), m.astype(np.float64), rtol=2.0 ** -10, atol=2.0 ** -20)
+
+
 def test_import_fastloss_imports_no_dask():
     code = ("import sys, numpy as np, fastloss as fl; fl.mse_loss(np.ones(3), np.zeros(3)); "
             "fl.value_and_grad(fl.cross_entropy)(np.ones((2, 3)), np.zeros(2, dtype=int)); "

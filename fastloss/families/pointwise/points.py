@@ -1,0 +1,281 @@
+"""The pointwise family's one-point functions: each loss of one element and its derivative, written once.
+
+Plain Python functions of scalars, compiled for the CPU by :mod:`.blocks` (``P``, ``P32``) and for CUDA
+by :mod:`fastloss.families.pointwise_cuda`, both through :func:`compile_point_functions`.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+# The plain functions call exp/log/log1p by name: bound here to fastloss._math's, and re-bound per
+# target by compile_point_functions.
+from ..._math import exp, log, log1p  # noqa: F401
+
+# Each loss of one element and its derivative with respect to the prediction, as plain, undecorated
+# Python functions of scalars. The CPU kernels below and the CUDA twin (pointwise_cuda.py) compile these
+# very functions through compile_point_functions(), so:
+#   - use only scalars, `math`, the elementary functions `exp`, `log`, `log1p` (bound at compile time:
+#     fastloss._math's vectorisable ones on the CPU), the constants of POINT_CONSTANTS and calls to other
+#     functions of this section, all by plain name;
+#   - no NumPy, no arrays, no closures, no other globals;
+#   - keep the names stable: the CUDA twin refers to them.
+# Comparisons are written so that NaN falls through to the branch PyTorch takes (a comparison with NaN
+# is false), which is how NaN propagates -- or not -- exactly as in torch.
+# The kernels call them with float64 arguments (float32 data is widened on load with np.float64;
+# Numba's float() would keep float32), so every loss is evaluated in float64 and rounded once when
+# stored.
+
+#: Floor of BCE's logarithms (PyTorch clamps log(x) and log(1 - x) at -100).
+BCE_LOG_FLOOR = -100.0
+#: Floor of the denominator (1 - x) * x of BCE's gradient: PyTorch's EPSILON = 1e-12, a float32
+#: constant (so 1e-12 rounded to float32) for float64 data as well.
+BCE_GRAD_EPS = 9.999999960041972e-13
+#: Floor of |target| in MAPE: float64's machine epsilon, as sklearn.metrics.mean_absolute_percentage_error.
+MAPE_EPS = 2.220446049250313e-16
+
+#: The constants the one-point functions may use, by name (compile_point_functions binds them).
+#: ZERO and ONE are the literals of the functions that also serve float32 arithmetic (BCE with logits):
+#: compiled with float32 ZERO / ONE (see P32), they keep float32 operands in float32.
+ZERO, ONE, NEG_INF = 0.0, 1.0, -math.inf
+POINT_CONSTANTS = {"BCE_LOG_FLOOR": BCE_LOG_FLOOR, "BCE_GRAD_EPS": BCE_GRAD_EPS, "MAPE_EPS": MAPE_EPS,
+                   "ZERO": ZERO, "ONE": ONE, "NEG_INF": NEG_INF}
+
+
+def sign_point(r):
+    """sign(r) in {-1, 0, 1}, with sign(0) = sign(NaN) = 0 (torch's sign, hence the gradient of |r|)."""
+    if r > 0.0:
+        return 1.0
+    if r < 0.0:
+        return -1.0
+    return 0.0
+
+
+def l1_point(r):
+    """|r| of the residual r = input - target."""
+    return abs(r)
+
+
+def l1_point_grad(r):
+    """d|r|/dr = sign(r); 0 at r == 0 (and at NaN), as torch."""
+    return sign_point(r)
+
+
+def mse_point(r):
+    """r**2 of the residual r = input - target."""
+    return r * r
+
+
+def mse_point_grad(r):
+    """d(r**2)/dr = 2 r."""
+    return 2.0 * r
+
+
+def smooth_l1_point(r, beta):
+    """Smooth L1 of r: 0.5 r**2 / beta where |r| < beta, else |r| - 0.5 beta (|r| when beta == 0)."""
+    z = abs(r)
+    if z < beta:
+        return 0.5 * z * z / beta
+    return z - 0.5 * beta
+
+
+def smooth_l1_point_grad(r, beta):
+    """d smooth_l1 / dr: r / beta inside (-beta, beta), sign(r) outside and at |r| == beta.
+
+    torch sends beta == 0 to l1_loss's backward, whose slope at r == 0 is 0 (not -1 as the
+    ``r <= -beta`` branch would give).
+    """
+    if beta == 0.0:
+        return sign_point(r)
+    if r <= -beta:
+        return -1.0
+    if r >= beta:
+        return 1.0
+    return r / beta
+
+
+def huber_point(r, delta):
+    """Huber of r: 0.5 r**2 where |r| < delta, else delta (|r| - 0.5 delta)."""
+    z = abs(r)
+    if z < delta:
+        return 0.5 * z * z
+    return delta * (z - 0.5 * delta)
+
+
+def huber_point_grad(r, delta):
+    """d huber / dr: r inside (-delta, delta), +-delta outside and at |r| == delta."""
+    if r <= -delta:
+        return -delta
+    if r >= delta:
+        return delta
+    return r
+
+
+def mape_denominator(t):
+    """max(|t|, MAPE_EPS), NaN propagating (as numpy.maximum)."""
+    d = abs(t)
+    if d < MAPE_EPS:
+        return MAPE_EPS
+    return d
+
+
+def mape_point(x, t):
+    """Absolute percentage error |t - x| / max(|t|, eps), a fraction."""
+    return abs(t - x) / mape_denominator(t)
+
+
+def mape_point_grad(x, t):
+    """d mape / dx = sign(x - t) / max(|t|, eps); 0 at x == t."""
+    return sign_point(x - t) / mape_denominator(t)
+
+
+def clamp_below(v, floor):
+    """max(v, floor), NaN propagating (std::max(v, floor) in torch's kernels)."""
+    if v < floor:
+        return floor
+    return v
+
+
+def bce_point(x, t):
+    """Binary cross entropy of a probability x: (t - 1) max(log1p(-x), -100) - t max(log(x), -100).
+
+    Written in torch's order, so 0 * -100 terms and NaN behave as torch's CPU kernel.
+    """
+    log_x = clamp_below(log(x), BCE_LOG_FLOOR)
+    log_1mx = clamp_below(log1p(-x), BCE_LOG_FLOOR)
+    return (t - 1.0) * log_1mx - t * log_x
+
+
+def bce_point_grad(x, t):
+    """d bce / dx = (x - t) / max((1 - x) x, EPSILON), torch's backward (finite at x = 0 and x = 1)."""
+    return (x - t) / clamp_below((1.0 - x) * x, BCE_GRAD_EPS)
+
+
+def exp_neg_abs_point(x):
+    """exp(-|x|), in (0, 1]: the one exponential that log_sigmoid and sigmoid of x share."""
+    return exp(-abs(x))
+
+
+def log_sigmoid_point_e(x, e):
+    """log(sigmoid(x)) = min(x, 0) - log1p(e) given e = exp(-|x|); never overflows (torch's form)."""
+    m = x if x < ZERO else ZERO  # NaN: the log1p term is NaN as well
+    return m - log1p(e)
+
+
+def sigmoid_point_e(x, e):
+    """sigmoid(x) given e = exp(-|x|): 1 / (1 + e) for x >= 0, e / (1 + e) below; never overflows."""
+    if x >= ZERO:
+        return ONE / (ONE + e)
+    return e / (ONE + e)
+
+
+def log_sigmoid_point(x):
+    """log(sigmoid(x))."""
+    return log_sigmoid_point_e(x, exp_neg_abs_point(x))
+
+
+def sigmoid_point(x):
+    """sigmoid(x)."""
+    return sigmoid_point_e(x, exp_neg_abs_point(x))
+
+
+def bce_logits_point_e(x, t, pw, e):
+    """BCE of a logit x with positive weight pw, given e = exp(-|x|):
+    (1 - t) x - (1 + (pw - 1) t) log_sigmoid(x), with log_sigmoid(x) = min(x, 0) - log1p(e).
+
+    Summed as (1 - t) x + w log1p(e) for x >= 0 and -pw t x + w log1p(e) for x < 0 (w = 1 + (pw - 1) t):
+    terms of one sign for t in [0, 1], where torch's form cancels (x = -10, t = 1e-4 loses 3 digits in
+    float32). x = -inf gives NaN (x - x), as torch's inf - inf.
+    """
+    log_weight = ONE + (pw - ONE) * t
+    if x < ZERO:
+        linear = -(pw * t) * x if x > NEG_INF else x - x
+    else:
+        linear = (ONE - t) * x  # NaN for x = NaN, and for x = inf with t = 1 (0 * inf), as torch
+    return linear + log_weight * log1p(e)
+
+
+def bce_logits_point_grad_e(x, t, pw, e):
+    """d bce_logits / dx given e = exp(-|x|): (1 + (pw - 1) t) sigmoid(x) - pw t (sigmoid(x) - t when
+    pw == 1)."""
+    log_weight = ONE + (pw - ONE) * t
+    return log_weight * sigmoid_point_e(x, e) - pw * t
+
+
+def bce_logits_point(x, t, pw):
+    """BCE of a logit x with positive weight pw (see bce_logits_point_e)."""
+    return bce_logits_point_e(x, t, pw, exp_neg_abs_point(x))
+
+
+def bce_logits_point_grad(x, t, pw):
+    """d bce_logits / dx (see bce_logits_point_grad_e)."""
+    return bce_logits_point_grad_e(x, t, pw, exp_neg_abs_point(x))
+
+
+def xlogy_point(a, b):
+    """a log(b) with 0 where a == 0, NaN where b is NaN (torch.xlogy)."""
+    if b != b:
+        return b
+    if a == 0.0:
+        return 0.0
+    return a * log(b)
+
+
+def kl_div_point(x, t):
+    """KL term of log-probability x and probability t: xlogy(t, t) - t x (NaN for t < 0, as torch)."""
+    return xlogy_point(t, t) - t * x
+
+
+def kl_div_point_grad(x, t):
+    """d kl_div / dx = -t."""
+    return -t
+
+
+def kl_div_log_target_point(x, t):
+    """KL term of log-probabilities x and t (log_target=True): exp(t) (t - x)."""
+    return exp(t) * (t - x)
+
+
+def kl_div_log_target_point_grad(x, t):
+    """d kl_div / dx = -exp(t) (log_target=True)."""
+    return -exp(t)
+
+
+#: Every one-point function, in dependency order (helpers before their callers). The CUDA twin compiles
+#: exactly these with ``compile_point_functions(cuda.jit(device=True), {...})``.
+POINT_FUNCTIONS = (
+    sign_point, clamp_below, mape_denominator, exp_neg_abs_point, log_sigmoid_point_e, sigmoid_point_e,
+    log_sigmoid_point, sigmoid_point, xlogy_point, bce_logits_point_e, bce_logits_point_grad_e,
+    l1_point, l1_point_grad, mse_point, mse_point_grad,
+    smooth_l1_point, smooth_l1_point_grad, huber_point, huber_point_grad,
+    mape_point, mape_point_grad, bce_point, bce_point_grad,
+    bce_logits_point, bce_logits_point_grad,
+    kl_div_point, kl_div_point_grad, kl_div_log_target_point, kl_div_log_target_point_grad,
+)
+
+
+def compile_point_functions(compile_one, elementary, constants=None):
+    """Compile every function of ``POINT_FUNCTIONS`` with ``compile_one`` and return them as a module.
+
+    ``compile_one``: a decorator, e.g. ``fastloss._jit.device`` or ``numba.cuda.jit(device=True)``.
+    ``elementary``: ``{"exp": ..., "log": ..., "log1p": ...}``, the elementary functions for that target.
+
+    The plain functions call each other by name; each is re-bound to a namespace in which those names
+    (and ``exp``/``log``/``log1p``, ``math`` and ``POINT_CONSTANTS``) are the compiled versions for the
+    target, so the same source serves the CPU and CUDA. ``constants`` overrides entries of
+    ``POINT_CONSTANTS`` (the float32 ZERO and ONE of P32). The returned object is a module so that jitted
+    kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at compile time).
+    """
+    namespace = {"math": math, **POINT_CONSTANTS, **(constants or {}), **elementary}
+    compiled = types.ModuleType(f"{__name__}.points")
+    for fn in POINT_FUNCTIONS:
+        rebound = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+        rebound.__qualname__, rebound.__module__, rebound.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
+        namespace[fn.__name__] = compile_one(rebound)
+        setattr(compiled, fn.__name__, namespace[fn.__name__])
+    return compiled
+
+
+#: What ``from .points import *`` gives the package: the one-point functions and their constants.
+__all__ = [fn.__name__ for fn in POINT_FUNCTIONS] + list(POINT_CONSTANTS) + [
+    "BCE_LOG_FLOOR", "BCE_GRAD_EPS", "MAPE_EPS", "POINT_CONSTANTS", "POINT_FUNCTIONS", "compile_point_functions"]

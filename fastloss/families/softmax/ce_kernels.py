@@ -1,0 +1,418 @@
+"""Cross-entropy kernels of the softmax family (CPU): index and probability targets, each as row
+kernels (runs of rows, ``B == 1``), small-call kernels (a call below ``MIN_CHUNK`` elements, ``B == 1``),
+channel kernels (``B > 1``) and short-row kernels (few classes); see :mod:`fastloss.families.softmax`
+for which layout takes which.
+
+Cross-entropy gradient. With ``p = softmax(x)`` over the classes, ``a_c`` the weight the loss puts on
+``-log p_c`` and ``S = sum_c a_c``, the loss of a row is ``l = S * lse - sum_c a_c * x_c`` (``lse`` the
+log-sum-exp) and ``dl/dx_c = p_c * S - a_c``. Index targets: ``a_c = (1 - e) w_t [c == t] + e w_c / C``
+(``e`` label smoothing, ``t`` the target, ``w`` the class weight, 1 without one); probability targets:
+``a_c = w_c ((1 - e) q_c + e / C)``. The gradient of a row is that times the row's coefficient ``k``:
+``grad_output`` (per row for ``'none'``) divided by the ``'mean'`` denominator, and 0 for an ignored
+row, whose gradient is ``p * 0`` (NaN where the row's softmax is NaN, as PyTorch's).
+
+In place: when the gradient buffer *is* the input, the sum-exp pass overwrites the row with
+``exp(x - max)`` after the target logit and the smoothing sum have been read, and the gradient pass
+scales it in place; loops touching one array only, so they vectorise (a loop reading ``x`` and writing
+``out`` that alias would fall back to scalar code after LLVM's alias check).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _jit
+from ..._math import _fsub, exp, log
+from .rows import (_SHORT_ROWS, _chunk, _items_total, _larger, _loop, _next_row, _row_dot, _row_exp,
+                   _row_max, _row_scale, _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block,
+                   _tile_blocks, _tile_dot, _tile_exp, _tile_max, _tile_sum_exp, _tile_to_rows)
+
+
+# ================================================================================================
+# Cross entropy with class indices: one row
+# ================================================================================================
+@_loop
+def _ce_index_row_value(xs, m, nxt, ti, w, wsum, ignore_index, eps):
+    """The loss of one row ``xs`` (maximum ``m``) with target ``ti`` (float64; 0 when ignored), and
+    the maximum of the next row ``nxt``.
+
+    ``(1 - e) w_t (lse - x_t) + e / C (W lse - sum_c w_c x_c)`` with ``lse = log(sum_c exp(x_c))`` and
+    ``W = wsum = sum_c w_c``; the smoothing term only when ``e > 0`` (PyTorch skips it at 0, so a
+    ``-inf`` logit with zero weight gives no ``0 * inf``).
+    """
+    if ti == ignore_index:
+        return 0.0, _row_max(nxt)
+    s, m_next = _row_sum_exp(xs, m, nxt)
+    lse = m + log(s)
+    loss = (1.0 - eps) * np.float64(w[ti]) * (lse - np.float64(xs[ti]))
+    if eps > 0.0:
+        loss += eps / xs.size * (wsum * lse - _row_dot(xs, w))
+    return loss, m_next
+
+
+@_loop
+def _ce_index_row_grad(xs, m, nxt, ti, w, wsum, ignore_index, eps, k, os, inplace):
+    """:func:`_ce_index_row_value`, writing ``os[c] = k * (p_c * S - a_c)`` (``os`` may be ``xs``).
+
+    ``a_c = (1 - e) w_t [c == t] + e w_c / C``, ``S = (1 - e) w_t + e W / C``. An ignored row has
+    ``k = 0``: its gradient is ``p * 0``, NaN where its softmax is (as PyTorch's).
+    """
+    ignored = ti == ignore_index
+    k = 0.0 if ignored else k
+    e_c = eps / xs.size
+    # read what the loss needs before the exp pass may overwrite xs (in place)
+    wt = 0.0 if ignored else np.float64(w[ti])
+    xt = 0.0 if ignored else np.float64(xs[ti])
+    dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+    s, m_next = _row_exp(xs, os, m, nxt, inplace)
+    lse = m + log(s)
+    if ignored:
+        loss = 0.0
+        big_s = 0.0
+    else:
+        loss = (1.0 - eps) * wt * (lse - xt)
+        if eps > 0.0:
+            loss += e_c * (wsum * lse - dot)
+        big_s = (1.0 - eps) * wt + e_c * wsum
+    et = 0.0 if ignored else np.float64(os[ti])
+    if eps > 0.0:
+        _row_scale_sub(os, k * big_s / s, k * e_c, w)
+    else:
+        _row_scale(os, k * big_s / s)
+    if not ignored:
+        # the target's entry again, in float64 from its stored exp: p_t * S - a_t cancels when p_t ~ 1
+        os[ti] = k * (et * big_s / s - e_c * np.float64(w[ti]) - (1.0 - eps) * wt)
+    return loss, m_next
+
+
+@_loop
+def _ce_index_rows(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` runs of consecutive rows of ``x (R, C)`` with class
+    indices ``t (R,)`` into ``loss (R,)`` (float64); ``with_grad``: also the gradient times ``coef (R,)``
+    into ``out`` (may be ``x``). A run pipelines each row's max into the previous row's pass."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
+    for i in range(lo, hi):
+        if not with_grad:
+            loss[i], m = _ce_index_row_value(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps)
+        else:
+            loss[i], m = _ce_index_row_grad(x[i], m, _next_row(x, i, hi), t[i], w, wsum, ignore_index, eps,
+                                            coef[i], out[i], inplace)
+    return _row_sum(loss[lo:hi])
+
+
+# ================================================================================================
+# Cross entropy with class probabilities: one row
+# ================================================================================================
+@_jit.device
+def _prob_weight(qc, wc, eps, e_c):
+    """``a_c = w_c ((1 - e) q_c + e / C)`` in float64."""
+    return np.float64(wc) * ((1.0 - eps) * np.float64(qc) + e_c)
+
+
+@_loop
+def _row_prob_sums(xs, qs, w, eps):
+    """``(sum_c a_c, sum_c a_c * x_c)`` of a probability-target row, float64."""
+    e_c = eps / xs.size
+    sa = 0.0
+    sax = 0.0
+    for c in range(xs.size):
+        a = _prob_weight(qs[c], w[c], eps, e_c)
+        sa += a
+        sax += a * np.float64(xs[c])
+    return sa, sax
+
+
+@_loop
+def _ce_prob_row(xs, m, nxt, qs, w, eps, k, os, with_grad, inplace):
+    """The loss ``sum(a) lse - sum_c a_c x_c`` of one row (maximum ``m``) with probabilities ``qs``
+    (float64) and the next row's maximum; ``with_grad``: also ``os[c] = k * (p_c sum(a) - a_c)``
+    (``os`` may be ``xs``)."""
+    sa, sax = _row_prob_sums(xs, qs, w, eps)
+    if not with_grad:
+        s, m_next = _row_sum_exp(xs, m, nxt)
+        return sa * (m + log(s)) - sax, m_next
+    s, m_next = _row_exp(xs, os, m, nxt, inplace)
+    ka = os.dtype.type(k * sa / s)
+    kb = os.dtype.type(k * (1.0 - eps))
+    kc = os.dtype.type(k * eps / xs.size)
+    for c in range(os.size):
+        os[c] = ka * os[c] - w[c] * (kb * qs[c] + kc)
+    return sa * (m + log(s)) - sax, m_next
+
+
+@_loop
+def _ce_prob_rows(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` runs of rows of ``x (R, C)`` with class probabilities
+    ``q (R, C)`` into ``loss``; ``with_grad``: also the gradient times ``coef (R,)`` into ``out`` (may be
+    ``x``)."""
+    lo, hi = _chunk(k, n_chunks, x.shape[0])
+    m = _row_max(x[lo]) if lo < hi else x.dtype.type(0)
+    no_row = np.empty(0, dtype=out.dtype)  # a stand-in for out[i] without a gradient
+    for i in range(lo, hi):
+        os = out[i] if with_grad else no_row
+        k_i = coef[i] if with_grad else 0.0
+        loss[i], m = _ce_prob_row(x[i], m, _next_row(x, i, hi), q[i], w, eps, k_i, os, with_grad, inplace)
+    return _row_sum(loss[lo:hi])
+
+# ================================================================================================
+# Small calls: the whole call on the calling thread, one row at a time in plain float64 loops
+# ================================================================================================
+@_jit.device
+def _small_max(xs):
+    """``max(xs)`` as float64 (``-inf`` for an empty row)."""
+    m = -np.inf
+    for c in range(xs.size):
+        m = _larger(np.float64(xs[c]), m)
+    return m
+
+
+@_jit.device
+def _small_sum_exp(xs, m):
+    """``sum_c exp(xs[c] - m)`` in float64."""
+    s = 0.0
+    for c in range(xs.size):
+        s += exp(np.float64(xs[c]) - m)
+    return s
+
+
+@_jit.device
+def _small_exp_into(xs, os, m):
+    """``os[c] = exp(xs[c] - m)`` (``os`` may be ``xs``: each element is read before it is written);
+    their float64 sum."""
+    s = 0.0
+    for c in range(xs.size):
+        e = exp(np.float64(xs[c]) - m)
+        os[c] = e
+        s += e
+    return s
+
+
+@_loop
+def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
+    """:func:`_ce_index_rows` for a small call (all of it on the calling thread), one row at a time in
+    plain loops, the gradient straight from ``exp(x - max)``; the losses' float64 sum.
+
+    Small calls spend their time in fixed costs, not in these loops, and a first call with an empty
+    Numba cache compiles this kernel alone: a few seconds less than the pipelined row kernels or the
+    transposed tiles of the short rows, which pay off only on big inputs.
+    """
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    total = 0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        ti = t[i]
+        ignored = ti == ignore_index
+        m = _small_max(xs)
+        # what the loss needs, read before the gradient may overwrite xs (in place)
+        wt = 0.0 if ignored else np.float64(w[ti])
+        xt = 0.0 if ignored else np.float64(xs[ti])
+        dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+        s = _small_exp_into(xs, out[i], m) if with_grad else _small_sum_exp(xs, m)
+        lse = m + log(s)
+        li = 0.0
+        big_s = 0.0
+        if not ignored:
+            li = (1.0 - eps) * wt * (lse - xt)
+            if eps > 0.0:
+                li += e_c * (wsum * lse - dot)
+            big_s = (1.0 - eps) * wt + e_c * wsum
+        loss[i] = li
+        total += li
+        if with_grad:
+            os = out[i]
+            k = 0.0 if ignored else coef[i]
+            et = 0.0 if ignored else np.float64(os[ti])
+            a = k * big_s / s
+            b = k * e_c
+            for c in range(n_cls):
+                os[c] = np.float64(os[c]) * a - b * np.float64(w[c])
+            if not ignored:
+                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total
+
+
+@_loop
+def _ce_prob_small(x, q, w, eps, coef, out, with_grad, loss):
+    """:func:`_ce_prob_rows` for a small call, as :func:`_ce_index_small`; the losses' float64 sum.
+
+    The loss of a row is ``-sum_c a_c (x_c - m - log(s))``, formed as ``-(sum_c a_c (x_c - m) -
+    sum(a) log(s))``: a one-class row is then exactly ``-0.0``, as PyTorch's ``-(q * 0)``, where
+    ``sum(a) (m + log(s)) - sum_c a_c x_c`` leaves a rounding error (6.9e-18) behind. The sums start
+    at ``-0.0``, the identity of addition that keeps that sign."""
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    total = -0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        qs = q[i]
+        m = _small_max(xs)
+        sa = 0.0
+        sax = -0.0
+        for c in range(n_cls):
+            a = _prob_weight(qs[c], w[c], eps, e_c)
+            sa += a
+            sax += a * (np.float64(xs[c]) - m)
+        s = _small_exp_into(xs, out[i], m) if with_grad else _small_sum_exp(xs, m)
+        li = _fsub(-0.0, _fsub(sax, sa * log(s)))  # strict: fast-math (nsz) would fold -(a - b) to b - a
+        loss[i] = li
+        total += li
+        if with_grad:
+            os = out[i]
+            k = coef[i]
+            for c in range(n_cls):
+                os[c] = k * (np.float64(os[c]) * sa / s - _prob_weight(qs[c], w[c], eps, e_c))
+    return total
+
+
+# ================================================================================================
+# Channel tiles: positions lo:hi of batch n of an (N, C, B) array
+# ================================================================================================
+@_loop
+def _ce_index_tile(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss, n, lo, hi):
+    """:func:`_ce_index_row_value` / :func:`_ce_index_row_grad` for every position of one tile."""
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    ts = t[n, lo:hi]
+    m = _tile_max(x, n, lo, hi)
+    wt = np.zeros(hi - lo)
+    xt = np.zeros(hi - lo)
+    for b in range(ts.size):
+        if ts[b] != ignore_index:
+            wt[b] = w[ts[b]]
+            xt[b] = x[n, ts[b], lo + b]
+    dot = _tile_dot(x, n, lo, hi, w) if eps > 0.0 else np.zeros(hi - lo)
+    s = _tile_exp(x, out, n, lo, hi, m, inplace) if with_grad else _tile_sum_exp(x, n, lo, hi, m)
+    ls = loss[n, lo:hi]
+    for b in range(ts.size):
+        lse = m[b] + log(s[b])
+        lb = (1.0 - eps) * wt[b] * (lse - xt[b])
+        if eps > 0.0:
+            lb += e_c * (wsum * lse - dot[b])
+        ls[b] = 0.0 if ts[b] == ignore_index else lb
+    if with_grad:
+        _ce_index_tile_grad(out, ts, w, wsum, ignore_index, eps, coef[n, lo:hi], s, wt, n, lo, hi)
+
+
+@_loop
+def _ce_index_tile_grad(out, ts, w, wsum, ignore_index, eps, ks, s, wt, n, lo, hi):
+    """The gradient of one tile from ``out = exp(x - max)``; see :func:`_ce_index_row_grad`."""
+    e_c = eps / out.shape[1]
+    big_s = np.zeros(hi - lo)
+    et = np.zeros(hi - lo)
+    ka = np.empty(hi - lo, dtype=out.dtype)
+    kb = np.empty(hi - lo, dtype=out.dtype)
+    k = np.zeros(hi - lo)  # 0 where the target is ignored
+    for b in range(ts.size):
+        if ts[b] != ignore_index:
+            k[b] = ks[b]
+            big_s[b] = (1.0 - eps) * wt[b] + e_c * wsum
+            et[b] = out[n, ts[b], lo + b]
+        ka[b] = k[b] * big_s[b] / s[b]
+        kb[b] = k[b] * e_c
+    for c in range(out.shape[1]):
+        os = out[n, c, lo:hi]
+        wc = w[c]
+        for b in range(os.size):
+            os[b] = os[b] * ka[b] - kb[b] * wc
+    for b in range(ts.size):
+        tb = ts[b]
+        if tb != ignore_index:
+            out[n, tb, lo + b] = k[b] * (et[b] * big_s[b] / s[b] - e_c * np.float64(w[tb]) - (1.0 - eps) * wt[b])
+
+
+@_loop
+def _ce_index_channels(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` of the tiles of ``x (N, C, B)`` with class indices
+    ``t (N, B)`` into ``loss (N, B)`` (float64); ``with_grad``: also the gradient times ``coef (N, B)``
+    into ``out`` (may be ``x``)."""
+    n_batch, n_cls, n_pos = x.shape
+    blk, n_blk = _tile_blocks(n_cls, n_pos)
+    first, last = _chunk(k, n_chunks, n_batch * n_blk)
+    for item in range(first, last):
+        n = item // n_blk
+        lo = (item % n_blk) * blk
+        _ce_index_tile(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, inplace, loss, n, lo,
+                       min(lo + blk, n_pos))
+    return _items_total(loss, first, last, blk, n_blk)
+
+
+@_loop
+def _ce_prob_tile(x, q, w, eps, coef, out, with_grad, inplace, loss, n, lo, hi):
+    """:func:`_ce_prob_row` for every position of one tile."""
+    n_cls = x.shape[1]
+    e_c = eps / n_cls
+    m = _tile_max(x, n, lo, hi)
+    sa = np.zeros(hi - lo)
+    sax = np.zeros(hi - lo)
+    for c in range(n_cls):
+        xs = x[n, c, lo:hi]
+        qs = q[n, c, lo:hi]
+        for b in range(xs.size):
+            a = _prob_weight(qs[b], w[c], eps, e_c)
+            sa[b] += a
+            sax[b] += a * np.float64(xs[b])
+    s = _tile_exp(x, out, n, lo, hi, m, inplace) if with_grad else _tile_sum_exp(x, n, lo, hi, m)
+    ls = loss[n, lo:hi]
+    for b in range(ls.size):
+        ls[b] = sa[b] * (m[b] + log(s[b])) - sax[b]
+    if with_grad:
+        ks = coef[n, lo:hi]
+        for c in range(n_cls):
+            os = out[n, c, lo:hi]
+            qs = q[n, c, lo:hi]
+            for b in range(os.size):
+                os[b] = ks[b] * (np.float64(os[b]) * sa[b] / s[b] - _prob_weight(qs[b], w[c], eps, e_c))
+
+
+@_loop
+def _ce_prob_channels(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss):
+    """Cross entropy of chunk ``k`` of ``n_chunks`` of the tiles of ``x (N, C, B)`` with class
+    probabilities ``q (N, C, B)`` into ``loss (N, B)``; ``with_grad``: also the gradient times
+    ``coef (N, B)`` into ``out`` (may be ``x``)."""
+    n_batch, n_cls, n_pos = x.shape
+    blk, n_blk = _tile_blocks(n_cls, n_pos)
+    first, last = _chunk(k, n_chunks, n_batch * n_blk)
+    for item in range(first, last):
+        n = item // n_blk
+        lo = (item % n_blk) * blk
+        _ce_prob_tile(x, q, w, eps, coef, out, with_grad, inplace, loss, n, lo, min(lo + blk, n_pos))
+    return _items_total(loss, first, last, blk, n_blk)
+
+# ================================================================================================
+# Short rows (few classes): blocks of rows transposed into (1, C, rows) tiles (see .rows)
+# ================================================================================================
+@_loop
+def _ce_index_short(k, n_chunks, x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
+    """:func:`_ce_index_rows` for rows of few classes, chunk ``k`` of ``n_chunks`` of the blocks of
+    ``_SHORT_ROWS`` rows (no ``inplace`` flag: the tiles are private)."""
+    n_rows = x.shape[0]
+    first, last = _chunk(k, n_chunks, (n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS)
+    for blk in range(first, last):
+        lo, hi = _short_block(blk, n_rows)
+        tile = _rows_to_tile(x, lo, hi)
+        ts = t[lo:hi].reshape(1, hi - lo)
+        ls = loss[lo:hi].reshape(1, hi - lo)
+        ks = coef[lo:hi].reshape(1, hi - lo) if with_grad else ls
+        # the gradient overwrites the private tile (in place), then goes back to rows
+        _ce_index_tile(tile, ts, w, wsum, ignore_index, eps, ks, tile, with_grad, True, ls, 0, 0, hi - lo)
+        if with_grad:
+            _tile_to_rows(tile, out, lo)
+    return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])
+
+
+@_loop
+def _ce_prob_short(k, n_chunks, x, q, w, eps, coef, out, with_grad, loss):
+    """:func:`_ce_prob_rows` for rows of few classes."""
+    n_rows = x.shape[0]
+    first, last = _chunk(k, n_chunks, (n_rows + _SHORT_ROWS - 1) // _SHORT_ROWS)
+    for blk in range(first, last):
+        lo, hi = _short_block(blk, n_rows)
+        tile = _rows_to_tile(x, lo, hi)
+        qs = _rows_to_tile(q, lo, hi)
+        ls = loss[lo:hi].reshape(1, hi - lo)
+        ks = coef[lo:hi].reshape(1, hi - lo) if with_grad else ls
+        _ce_prob_tile(tile, qs, w, eps, ks, tile, with_grad, True, ls, 0, 0, hi - lo)
+        if with_grad:
+            _tile_to_rows(tile, out, lo)
+    return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])

@@ -387,22 +387,30 @@ def log1pf(x):
 
 
 @device
+def tanhf_small(x):
+    """:func:`tanhf` for ``|x| < 0.625`` only (its polynomial: no exp, no division): ``x + x s q(s)``,
+    ``s = x**2``, the polynomial :func:`tanhf` selects there. A caller that knows a whole block of
+    arguments is that small (softcapped logits mostly are) skips the quotient form."""
+    s = x * x
+    q = _FTANH_Q3 + s * _FTANH_Q4
+    q = _FTANH_Q2 + s * q
+    q = _FTANH_Q1 + s * q
+    q = _FTANH_Q0 + s * q
+    return _fadd(x, x * (s * q))
+
+
+@device
 def tanhf(x):
     """tanh of a float32 in float32 arithmetic, without branches (vectorises).
 
     For |x| >= 0.625: ``(1 - e) / (1 + e)`` with ``e = expf(-2|x|) <= 0.287`` (no cancellation: a
-    few roundings of ``e`` and one division); below, ``x + x s q(s)`` with ``s = x**2``, which keeps
-    tiny and subnormal x exact. Both are computed and one is selected. ``tanhf(±inf) = ±1``; nan in,
+    few roundings of ``e`` and one division); below, :func:`tanhf_small` (``x + x s q(s)``, which keeps
+    tiny and subnormal x exact). Both are computed and one is selected. ``tanhf(±inf) = ±1``; nan in,
     nan out; the sign of a zero result is not guaranteed (callers compile with ``nsz``).
     """
     a = abs(x)
     e = expf(_FM2 * a)
     big = (_F1 - e) / (_F1 + e)
-    s = a * a
-    q = _FTANH_Q3 + s * _FTANH_Q4
-    q = _FTANH_Q2 + s * q
-    q = _FTANH_Q1 + s * q
-    q = _FTANH_Q0 + s * q
-    small = _fadd(a, a * (s * q))
+    small = tanhf_small(a)
     r = small if a < _FTANH_SMALL else big
     return -r if x < _F0 else r

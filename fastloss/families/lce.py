@@ -51,11 +51,11 @@ from .._dispatch import scalar_result
 from numba import types
 from numba.extending import overload
 
-from .._math import exp, log, tanhf
+from .._math import _from_bits, exp, log, tanhf, tanhf_small
 from .._registry import Case
 # softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
-from .softmax import (_exp_same, _float_of_key, _key_max, _lowest_key, _row_dot, _row_exp, _row_max, _row_scale,
-                      _row_scale_sub)
+from .softmax import (_exp_same, _float_of_key, _int_view, _key_max, _lowest_key, _row_dot, _row_exp, _row_max,
+                      _row_scale, _row_scale_sub)
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
 _BLOCK = 256
@@ -98,6 +98,49 @@ def _tanh_same_impl(v):
     return lambda v: _tanh64(np.float64(v))
 
 
+def _tanh_small_same(v):
+    """``tanh(v)`` for ``|v| < _SMALL_TANH`` (float32: :func:`fastloss._math.tanhf_small`, the polynomial
+    alone); float64: :func:`_tanh64`."""
+    return math.tanh(v)
+
+
+@overload(_tanh_small_same)
+def _tanh_small_same_impl(v):
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v: tanhf_small(v)
+    return lambda v: _tanh64(np.float64(v))
+
+
+#: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``)
+_SMALL_TANH = 0.625
+
+
+def _abs_max(xs):
+    """``max |xs[c]|`` (NaN when a NaN is present), from the integer bits (vectorises)."""
+    return np.max(np.abs(xs))
+
+
+@overload(_abs_max, inline="always")
+def _abs_max_impl(xs):
+    # |x| clears the sign bit; the magnitudes of floats order as their bits (NaN above inf)
+    if xs.dtype.bitwidth == 32:
+        def impl(xs):
+            bits = _int_view(xs)
+            best = np.int32(0)
+            for c in range(bits.size):
+                best = max(best, np.int32(bits[c] & np.int32(0x7FFFFFFF)))
+            return _from_bits(best)
+        return impl
+
+    def impl64(xs):
+        bits = _int_view(xs)
+        best = np.int64(0)
+        for c in range(bits.size):
+            best = max(best, np.int64(bits[c] & np.int64(0x7FFFFFFFFFFFFFFF)))
+        return _from_bits(best)
+    return impl64
+
+
 @_jit.device
 def _capped_max(m_x, cap, like):
     """The largest softcapped logit ``cap tanh(m_x / cap)`` from the largest logit ``m_x`` (tanh is
@@ -113,12 +156,57 @@ _loop = _jit.kernel(parallel=False)
 # Segment loops: a row, or one class slice of a row, as a contiguous 1-D array. The exp passes are
 # softmax's (``_row_exp``) without a softcap; with one, the passes below compute ``tanh`` once per
 # element and keep it (``ths``) for the gradient's ``1 - tanh**2``, and keep ``exp(z - m)`` in place of
-# the logits: one tanh and one exp per element, no pass recomputes either.
+# the logits: one tanh and one exp per element, no pass recomputes either. A block whose ``|x / cap|``
+# all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp and division.
 # ================================================================================================
 @_loop
+def _cap_block_into(blk, oblk, tblk, inv, cc, mm):
+    """``tblk = tanh(blk * inv)``, ``oblk = exp(cc tblk - mm)``; their sum in the data's dtype."""
+    acc = oblk.dtype.type(0)
+    if _abs_max(blk) * inv < _SMALL_TANH:
+        for c in range(blk.size):
+            th = _tanh_small_same(blk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    else:
+        for c in range(blk.size):
+            th = _tanh_same(blk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    return acc
+
+
+@_loop
+def _cap_block_inplace(oblk, tblk, inv, cc, mm):
+    """:func:`_cap_block_into` with ``oblk`` holding the logits (one array: two that alias would take
+    LLVM's scalar fallback)."""
+    acc = oblk.dtype.type(0)
+    if _abs_max(oblk) * inv < _SMALL_TANH:
+        for c in range(oblk.size):
+            th = _tanh_small_same(oblk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    else:
+        for c in range(oblk.size):
+            th = _tanh_same(oblk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    return acc
+
+
+@_loop
 def _cap_exp_into(xs, os, ths, m, cap, nxt):
-    """``ths[c] = tanh(xs[c] / cap)``, ``os[c] = exp(cap ths[c] - m)``; their float64 sum (float32 blocks
-    of :data:`_BLOCK`) and ``max(nxt)`` (the next row's loads overlap this row's arithmetic)."""
+    """``ths[c] = tanh(xs[c] / cap)``, ``os[c] = exp(cap ths[c] - m)``; their float64 sum (blocks of
+    :data:`_BLOCK` summed in the data's dtype) and ``max(nxt)`` (the next row's loads overlap this
+    row's arithmetic)."""
     dt = os.dtype.type
     mm = dt(m)
     cc = dt(cap)
@@ -126,25 +214,14 @@ def _cap_exp_into(xs, os, ths, m, cap, nxt):
     s = 0.0
     best = _lowest_key(nxt)
     for lo in range(0, xs.size, _BLOCK):
-        blk = xs[lo:lo + _BLOCK]
-        oblk = os[lo:lo + _BLOCK]
-        tblk = ths[lo:lo + _BLOCK]
-        acc = dt(0)
-        for c in range(blk.size):
-            th = _tanh_same(blk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e
-            acc += e
-        s += acc
+        s += _cap_block_into(xs[lo:lo + _BLOCK], os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 
 
 @_loop
 def _cap_exp_inplace(os, ths, m, cap, nxt):
-    """:func:`_cap_exp_into` with ``os`` holding the logits (one array: two that alias would take LLVM's
-    scalar fallback)."""
+    """:func:`_cap_exp_into` with ``os`` holding the logits."""
     dt = os.dtype.type
     mm = dt(m)
     cc = dt(cap)
@@ -152,16 +229,7 @@ def _cap_exp_inplace(os, ths, m, cap, nxt):
     s = 0.0
     best = _lowest_key(nxt)
     for lo in range(0, os.size, _BLOCK):
-        oblk = os[lo:lo + _BLOCK]
-        tblk = ths[lo:lo + _BLOCK]
-        acc = dt(0)
-        for c in range(oblk.size):
-            th = _tanh_same(oblk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e
-            acc += e
-        s += acc
+        s += _cap_block_inplace(os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 

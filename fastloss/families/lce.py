@@ -26,11 +26,13 @@ Each row's gradient is that times the row's coefficient ``k``: ``grad_output`` (
 
 Kernels
 -------
-Serial ``nogil`` Numba kernels over a run of rows, run on the pointwise family's thread pool (no
-``prange``). A row is copied (or softcapped, or has the bias added) into its working row once, from
-memory; the max, the sum-exp (which stores ``exp(z - m)`` when there is no softcap) and the gradient
-passes then re-read it from L2. float32 exponentials are summed in float32 over blocks of
-:data:`_BLOCK` elements, each block then added in float64; all other sums are float64.
+Serial ``nogil`` Numba kernels over a run of rows (:func:`_rows`), run on the pointwise family's thread
+pool (no ``prange``), built on the softmax family's row primitives. Per row, one pass from memory:
+``exp(z - m)`` written into the gradient buffer (and, with a softcap, ``tanh(x / s)`` into a private
+row), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
+the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32 data is computed in float32
+(``expf``, ``tanhf``; exponentials summed in float32 over blocks of :data:`_BLOCK` elements, each
+block then added in float64); all other sums are float64.
 
 ``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and
@@ -63,9 +65,12 @@ _BLOCK = 256
 #: Rows of fewer elements than this in all run on the calling thread.
 _MIN_PARALLEL = 1 << 15
 
-#: Default chunk: the extra memory of linear_cross_entropy is at most this fraction of the full
-#: (N, V) logits (and at least one row) ...
-CHUNK_FRACTION = 1 / 32
+#: Default chunk: the extra memory of linear_cross_entropy (the chunk of logits and the per-thread
+#: ``d input`` partials) is at most this fraction of the full (N, V) logits (and at least one row);
+#: as large as that allows, since every chunk's products stream all of ``W`` and ``d W`` (measured
+#: under load at (2048, 1024, 32000) on 2 cores, the products alone in chunks of 64 rows took 1.55x the
+#: three whole products, in chunks of 128 rows 1.19x) ...
+CHUNK_FRACTION = 0.045
 #: ... but a chunk of fewer rows than this is not worth its products' overhead unless the logits are
 #: small anyway (then the whole problem is one chunk).
 MIN_CHUNK_ROWS = 64
@@ -647,11 +652,13 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
     return value, (out,)
 
 
-def _chunk_shape(n_rows, n_cls, chunk_size):
+def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
     """``(rows, width)`` of linear_cross_entropy's chunk of logits: at most ``chunk_size`` elements;
-    ``width < n_cls`` (class blocks) only when one row does not fit."""
+    ``width < n_cls`` (class blocks) only when one row does not fit. The default counts a row of each
+    of the ``n_slices`` partials of ``d input`` (``n_hid`` wide) beside the row of logits."""
     if chunk_size is None:
-        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(n_rows * CHUNK_FRACTION))
+        per_row = n_cls + (n_slices * n_hid if n_slices > 1 else 0)
+        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(CHUNK_FRACTION * n_rows * n_cls / max(per_row, 1)))
         return max(1, min(rows, n_rows)), n_cls
     if chunk_size >= n_cls:
         return max(1, min(n_rows, chunk_size // max(n_cls, 1))), n_cls
@@ -702,7 +709,7 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     tg = _Targets(t, w, n_rows, n_cls, dtype, ignore_index)
     has_bias = b is not None
     bias = _readonly(np.ascontiguousarray(b)) if has_bias else tg.w
-    rows, width = _chunk_shape(n_rows, n_cls, chunk_size)
+    rows, width = _chunk_shape(n_rows, n_cls, chunk_size, n_hid, _slice_count(n_cls))
     loss = np.zeros(n_rows)
     with_grad = grad is not None
     coef = _coefficients(grad, reduction, tg.denominator, n_rows, loss_shape) if with_grad else loss
@@ -767,6 +774,11 @@ def _single_threaded_blas():
     return None if controller is None else controller.limit(limits=1, user_api="blas")
 
 
+def _slice_count(n_cls):
+    """The most class slices :func:`_sliced_chunks` makes: one per thread."""
+    return max(1, min(_jit.get_num_threads(), n_cls))
+
+
 def _in_parallel(n, fn):
     """``fn(0), ..., fn(n - 1)`` on the pointwise family's thread pool (``fn`` releases the GIL)."""
     from .pointwise import _run_chunks as run
@@ -790,7 +802,7 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
     threads = _jit.get_num_threads()
     limits = _single_threaded_blas() if threads > 1 else None
     try:
-        n_slices = max(1, min(threads if limits is not None else 1, n_cls))
+        n_slices = _slice_count(n_cls) if limits is not None else 1
         col0s = np.array([k * n_cls // n_slices for k in range(n_slices)], dtype=np.int64)
         widths = np.diff(np.append(col0s, n_cls)).astype(np.int64)
         bases = col0s * rows  # slice k of a chunk of n <= rows rows: n * widths[k] elements from here

@@ -14,7 +14,7 @@ name        types            max error measured in a FASTMATH kernel (tests/test
 ``expf``    float32→float32  1.05 ulp; subnormal results for -103.97 < x < -87.34, then 0
 ``logf``    float32→float32  0.78 ulp over all positive floats, subnormals included
 ``log1pf``  float32→float32  0.81 ulp, relative to the result also near 0
-``tanhf``   float32→float32  see :func:`tanhf` (a few ulp; tests/test_math.py holds the measured bound)
+``tanhf``   float32→float32  1.50 ulp (the quotient form above |x| = 0.625; 0.79 in the polynomial)
 ==========  ===============  ====================================================================
 
 ``exp``, ``log`` and ``log1p`` widen float32 or integer arguments to float64 (as ``math`` does);

@@ -14,10 +14,11 @@ name        types            max error measured in a FASTMATH kernel (tests/test
 ``expf``    float32→float32  1.05 ulp; subnormal results for -103.97 < x < -87.34, then 0
 ``logf``    float32→float32  0.78 ulp over all positive floats, subnormals included
 ``log1pf``  float32→float32  0.81 ulp, relative to the result also near 0
+``tanhf``   float32→float32  1.50 ulp (the quotient form above |x| = 0.625; 0.79 in the polynomial)
 ==========  ===============  ====================================================================
 
 ``exp``, ``log`` and ``log1p`` widen float32 or integer arguments to float64 (as ``math`` does);
-``expf``, ``logf`` and ``log1pf`` take float32 only.
+``expf``, ``logf``, ``log1pf`` and ``tanhf`` take float32 only.
 
 Special values as ``numpy``: ``exp(-inf) = 0``, ``exp(inf) = inf``, overflow (x > 709.78) gives inf,
 ``exp(0) = 1`` exactly; ``log(0) = -inf``, ``log(x < 0) = nan``, ``log(inf) = inf``; ``log1p(-1) =
@@ -189,6 +190,16 @@ _FZERO_K = np.int32(0)
 _FLOG_P0 = np.float32(0.6666668653488159)
 _FLOG_P1 = np.float32(0.39988699555397034)
 _FLOG_P2 = np.float32(0.2958321273326874)
+
+# tanhf: tanh(x) = x + x s q(s), s = x**2, for |x| < _FTANH_SMALL (the quotient form cancels there);
+# degree-4 q approximating (tanh(x) / x - 1) / s on s in [0, 25/64] (Chebyshev-economised, 0.32 ulp).
+_FTANH_SMALL = np.float32(0.625)
+_FTANH_Q0 = np.float32(-0.333333283662796)
+_FTANH_Q1 = np.float32(0.13332782685756683)
+_FTANH_Q2 = np.float32(-0.05385249853134155)
+_FTANH_Q3 = np.float32(0.021003641188144684)
+_FTANH_Q4 = np.float32(-0.006104947999119759)
+_FM2 = np.float32(-2.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,3 +384,33 @@ def log1pf(x):
     c = c / u
     y = _logf_special(_logf_reduced(u, _FZERO_K, c), u)
     return y if x < _FINF else x
+
+
+@device
+def tanhf_small(x):
+    """:func:`tanhf` for ``|x| < 0.625`` only (its polynomial: no exp, no division): ``x + x s q(s)``,
+    ``s = x**2``, the polynomial :func:`tanhf` selects there. A caller that knows a whole block of
+    arguments is that small (softcapped logits mostly are) skips the quotient form."""
+    s = x * x
+    q = _FTANH_Q3 + s * _FTANH_Q4
+    q = _FTANH_Q2 + s * q
+    q = _FTANH_Q1 + s * q
+    q = _FTANH_Q0 + s * q
+    return _fadd(x, x * (s * q))
+
+
+@device
+def tanhf(x):
+    """tanh of a float32 in float32 arithmetic, without branches (vectorises).
+
+    For |x| >= 0.625: ``(1 - e) / (1 + e)`` with ``e = expf(-2|x|) <= 0.287`` (no cancellation: a
+    few roundings of ``e`` and one division); below, :func:`tanhf_small` (``x + x s q(s)``, which keeps
+    tiny and subnormal x exact). Both are computed and one is selected. ``tanhf(±inf) = ±1``; nan in,
+    nan out; the sign of a zero result is not guaranteed (callers compile with ``nsz``).
+    """
+    a = abs(x)
+    e = expf(_FM2 * a)
+    big = (_F1 - e) / (_F1 + e)
+    small = tanhf_small(a)
+    r = small if a < _FTANH_SMALL else big
+    return -r if x < _F0 else r

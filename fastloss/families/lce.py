@@ -26,11 +26,13 @@ Each row's gradient is that times the row's coefficient ``k``: ``grad_output`` (
 
 Kernels
 -------
-Serial ``nogil`` Numba kernels over a run of rows, run on the pointwise family's thread pool (no
-``prange``). A row is copied (or softcapped, or has the bias added) into its working row once, from
-memory; the max, the sum-exp (which stores ``exp(z - m)`` when there is no softcap) and the gradient
-passes then re-read it from L2. float32 exponentials are summed in float32 over blocks of
-:data:`_BLOCK` elements, each block then added in float64; all other sums are float64.
+Serial ``nogil`` Numba kernels over a run of rows (:func:`_rows`), run on the pointwise family's thread
+pool (no ``prange``), built on the softmax family's row primitives. Per row, one pass from memory:
+``exp(z - m)`` written into the gradient buffer (and, with a softcap, ``tanh(x / s)`` into a private
+row), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
+the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32 data is computed in float32
+(``expf``, ``tanhf``; exponentials summed in float32 over blocks of :data:`_BLOCK` elements, each
+block then added in float64); all other sums are float64.
 
 ``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and
@@ -48,9 +50,14 @@ import numpy as np
 
 from .. import _jit
 from .._dispatch import scalar_result
-from .._math import exp, expf, log
+from numba import types
+from numba.extending import overload
+
+from .._math import _from_bits, exp, log, tanhf, tanhf_small
 from .._registry import Case
-from .softmax import _exp_same  # exp in the data's own precision, resolved at compile time
+# softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
+from .softmax import (_exp_same, _float_of_key, _int_view, _key_max, _lowest_key, _row_dot, _row_exp, _row_max,
+                      _row_scale, _row_scale_sub)
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
 _BLOCK = 256
@@ -58,9 +65,12 @@ _BLOCK = 256
 #: Rows of fewer elements than this in all run on the calling thread.
 _MIN_PARALLEL = 1 << 15
 
-#: Default chunk: the extra memory of linear_cross_entropy is at most this fraction of the full
-#: (N, V) logits (and at least one row) ...
-CHUNK_FRACTION = 1 / 32
+#: Default chunk: the extra memory of linear_cross_entropy (the chunk of logits and the per-thread
+#: ``d input`` partials) is at most this fraction of the full (N, V) logits (and at least one row);
+#: as large as that allows, since every chunk's products stream all of ``W`` and ``d W`` (measured
+#: under load at (2048, 1024, 32000) on 2 cores, the products alone in chunks of 64 rows took 1.55x the
+#: three whole products, in chunks of 128 rows 1.19x) ...
+CHUNK_FRACTION = 0.045
 #: ... but a chunk of fewer rows than this is not worth its products' overhead unless the logits are
 #: small anyway (then the whole problem is one chunk).
 MIN_CHUNK_ROWS = 64
@@ -70,100 +80,180 @@ MIN_CHUNK_ROWS = 64
 # One-point functions
 # ================================================================================================
 @_jit.device
-def softcap_point(v, cap):
-    """``cap * tanh(v / cap)`` in float64, branch-free (vectorises): ``tanh|u| = (1 - e) / (1 + e)``
-    with ``e = exp(-2|u|)``. The absolute error is about ``cap`` ulps of 1 (float64), far below a
-    float32 logit's rounding; NaN stays NaN, ``±inf`` gives ``±cap``."""
-    u = np.float64(v) / cap
+def _tanh64(u):
+    """``tanh(u)`` of a float64, branch-free (vectorises): ``tanh|u| = (1 - e) / (1 + e)`` with
+    ``e = exp(-2|u|)``; its absolute error is about one ulp of 1 (a softcapped float64 logit's error is
+    ``cap`` ulps of 1); ``±inf`` gives ``±1``, NaN stays NaN."""
     a = abs(u)
     e = exp(-2.0 * a)
     th = (1.0 - e) / (1.0 + e)
-    return cap * (th if u >= 0.0 else -th) if u == u else u
+    return th if u >= 0.0 else -th
+
+
+def _tanh_same(v):
+    """``tanh(v)`` in ``v``'s own precision: :func:`fastloss._math.tanhf` for float32."""
+    return math.tanh(v)
+
+
+@overload(_tanh_same)
+def _tanh_same_impl(v):
+    # resolved at compile time, as softmax's _exp_same: float32 rows keep 8 float32 lanes
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v: tanhf(v)
+    return lambda v: _tanh64(np.float64(v))
+
+
+def _tanh_small_same(v):
+    """``tanh(v)`` for ``|v| < _SMALL_TANH`` (float32: :func:`fastloss._math.tanhf_small`, the polynomial
+    alone); float64: :func:`_tanh64`."""
+    return math.tanh(v)
+
+
+@overload(_tanh_small_same)
+def _tanh_small_same_impl(v):
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v: tanhf_small(v)
+    return lambda v: _tanh64(np.float64(v))
+
+
+#: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``)
+_SMALL_TANH = 0.625
+
+
+def _abs_max(xs):
+    """``max |xs[c]|`` (NaN when a NaN is present), from the integer bits (vectorises)."""
+    return np.max(np.abs(xs))
+
+
+@overload(_abs_max, inline="always")
+def _abs_max_impl(xs):
+    # |x| clears the sign bit; the magnitudes of floats order as their bits (NaN above inf)
+    if xs.dtype.bitwidth == 32:
+        def impl(xs):
+            bits = _int_view(xs)
+            best = np.int32(0)
+            for c in range(bits.size):
+                best = max(best, np.int32(bits[c] & np.int32(0x7FFFFFFF)))
+            return _from_bits(best)
+        return impl
+
+    def impl64(xs):
+        bits = _int_view(xs)
+        best = np.int64(0)
+        for c in range(bits.size):
+            best = max(best, np.int64(bits[c] & np.int64(0x7FFFFFFFFFFFFFFF)))
+        return _from_bits(best)
+    return impl64
 
 
 @_jit.device
-def softcap_slope(z, inv_cap):
-    """``d(cap tanh(x / cap)) / dx = 1 - (z / cap)**2`` from the capped value ``z``."""
-    r = np.float64(z) * inv_cap
-    return 1.0 - r * r
+def _capped_max(m_x, cap, like):
+    """The largest softcapped logit ``cap tanh(m_x / cap)`` from the largest logit ``m_x`` (tanh is
+    increasing), computed in ``like``'s dtype exactly as :func:`_cap_exp_into` computes each element."""
+    dt = like.dtype.type
+    return dt(cap) * _tanh_same(dt(m_x) * dt(1.0 / cap))
 
 
 _loop = _jit.kernel(parallel=False)
 
 
 # ================================================================================================
-# Segment loops: a row, or a block of a row's classes, as a contiguous 1-D array
+# Segment loops: a row, or one class slice of a row, as a contiguous 1-D array. The exp passes are
+# softmax's (``_row_exp``) without a softcap; with one, the passes below compute ``tanh`` once per
+# element and keep it (``ths``) for the gradient's ``1 - tanh**2``, and keep ``exp(z - m)`` in place of
+# the logits: one tanh and one exp per element, no pass recomputes either. A block whose ``|x / cap|``
+# all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp and division.
 # ================================================================================================
 @_loop
-def _seg_fill(xs, zs, bs, has_bias, cap, copy):
-    """``zs = softcap(xs + bs)`` (without a softcap ``cap == 0``: ``xs + bs``; without a bias: ``xs``).
-    ``copy``: from ``xs``; else in place (``zs`` already holds ``xs``, and ``xs`` is not read)."""
-    if copy:
-        if has_bias:
-            for c in range(zs.size):
-                zs[c] = xs[c] + bs[c]
-        else:
-            for c in range(zs.size):
-                zs[c] = xs[c]
-    elif has_bias:
-        for c in range(zs.size):
-            zs[c] += bs[c]
-    if cap > 0.0:
-        for c in range(zs.size):
-            zs[c] = softcap_point(zs[c], cap)
+def _cap_block_into(blk, oblk, tblk, inv, cc, mm):
+    """``tblk = tanh(blk * inv)``, ``oblk = exp(cc tblk - mm)``; their sum in the data's dtype."""
+    acc = oblk.dtype.type(0)
+    if _abs_max(blk) * inv < _SMALL_TANH:
+        for c in range(blk.size):
+            th = _tanh_small_same(blk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    else:
+        for c in range(blk.size):
+            th = _tanh_same(blk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    return acc
 
 
 @_loop
-def _seg_max(zs, lanes):
-    """``max(zs)`` (NaN skipped: it turns the row's sum-exp NaN anyway) with 16 independent lanes:
-    a single running maximum is a chain of dependent compares that LLVM cannot vectorise."""
-    lanes[:] = -np.inf
-    n16 = zs.size - zs.size % 16
-    for lo in range(0, n16, 16):
-        blk = zs[lo:lo + 16]
-        for j in range(16):
-            v = blk[j]
-            lanes[j] = v if v > lanes[j] else lanes[j]
-    m = lanes[0]
-    for j in range(1, 16):
-        m = lanes[j] if lanes[j] > m else m
-    for c in range(n16, zs.size):
-        m = zs[c] if zs[c] > m else m
-    return np.float64(m)
+def _cap_block_inplace(oblk, tblk, inv, cc, mm):
+    """:func:`_cap_block_into` with ``oblk`` holding the logits (one array: two that alias would take
+    LLVM's scalar fallback)."""
+    acc = oblk.dtype.type(0)
+    if _abs_max(oblk) * inv < _SMALL_TANH:
+        for c in range(oblk.size):
+            th = _tanh_small_same(oblk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    else:
+        for c in range(oblk.size):
+            th = _tanh_same(oblk[c] * inv)
+            tblk[c] = th
+            e = _exp_same(cc * th - mm)
+            oblk[c] = e
+            acc += e
+    return acc
 
 
 @_loop
-def _seg_sum_exp(zs, m, store):
-    """``sum_c exp(zs[c] - m)`` in float64; ``store``: also ``zs[c] = exp(zs[c] - m)``."""
-    mm = zs.dtype.type(m)
+def _cap_exp_into(xs, os, ths, m, cap, nxt):
+    """``ths[c] = tanh(xs[c] / cap)``, ``os[c] = exp(cap ths[c] - m)``; their float64 sum (blocks of
+    :data:`_BLOCK` summed in the data's dtype) and ``max(nxt)`` (the next row's loads overlap this
+    row's arithmetic)."""
+    dt = os.dtype.type
+    mm = dt(m)
+    cc = dt(cap)
+    inv = dt(1.0 / cap)
     s = 0.0
-    for lo in range(0, zs.size, _BLOCK):
-        blk = zs[lo:lo + _BLOCK]
-        acc = zs.dtype.type(0)
-        if store:
-            for c in range(blk.size):
-                e = _exp_same(blk[c] - mm)
-                blk[c] = e
-                acc += e
-        else:
-            for c in range(blk.size):
-                acc += _exp_same(blk[c] - mm)
-        s += acc
-    return s
+    best = _lowest_key(nxt)
+    for lo in range(0, xs.size, _BLOCK):
+        s += _cap_block_into(xs[lo:lo + _BLOCK], os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
+        best = _key_max(nxt[lo:lo + _BLOCK], best)
+    return s, _float_of_key(best)
 
 
 @_loop
-def _seg_dot(zs, ws):
-    """``sum_c ws[c] * zs[c]`` in float64."""
-    d = 0.0
-    for c in range(zs.size):
-        d += np.float64(ws[c]) * np.float64(zs[c])
-    return d
+def _cap_exp_inplace(os, ths, m, cap, nxt):
+    """:func:`_cap_exp_into` with ``os`` holding the logits."""
+    dt = os.dtype.type
+    mm = dt(m)
+    cc = dt(cap)
+    inv = dt(1.0 / cap)
+    s = 0.0
+    best = _lowest_key(nxt)
+    for lo in range(0, os.size, _BLOCK):
+        s += _cap_block_inplace(os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
+        best = _key_max(nxt[lo:lo + _BLOCK], best)
+    return s, _float_of_key(best)
+
+
+@_jit.device
+def _seg_exp(xs, os, ths, m, cap, nxt, inplace):
+    """``os = exp(z - m)`` (``z = cap tanh(xs / cap)``, or ``xs`` when ``cap == 0``), its float64 sum and
+    ``max(nxt)``; ``inplace``: ``os`` is ``xs``."""
+    if cap > 0.0:
+        if inplace:
+            return _cap_exp_inplace(os, ths, m, cap, nxt)
+        return _cap_exp_into(xs, os, ths, m, cap, nxt)
+    return _row_exp(xs, os, os.dtype.type(m), nxt, inplace)
 
 
 @_loop
 def _seg_prob_sums(zs, qs, ws, eps, e_c):
-    """``(sum_c a_c, sum_c a_c z_c)`` with ``a_c = w_c ((1 - e) q_c + e / C)``, float64."""
+    """``(sum_c a_c, sum_c a_c z_c)`` with ``a_c = w_c ((1 - e) q_c + e / C)``, float64 (``e_c = e / C``
+    of the whole row: ``zs`` may be a slice of it)."""
     sa = 0.0
     saz = 0.0
     for c in range(zs.size):
@@ -174,53 +264,56 @@ def _seg_prob_sums(zs, qs, ws, eps, e_c):
 
 
 @_loop
-def _seg_grad(zs, m, g, kk, ws, qs, prob, eps, e_c, cap, stored):
-    """Overwrite ``zs`` with ``dl/dx = (p_c (S + 2 lam u lse) - a_c) k`` (without the target's
-    one-hot term; see :func:`_fix_target`). ``g = k (S + 2 lam u lse) / s`` multiplies
-    ``exp(z_c - m)``; ``stored``: ``zs`` already holds ``exp(z_c - m)`` (no softcap), else ``z_c``."""
-    gg = zs.dtype.type(g)
-    mm = zs.dtype.type(m)
+def _seg_add(zs, bs):
+    """``zs += bs`` (the bias)."""
+    for c in range(zs.size):
+        zs[c] += bs[c]
+
+
+@_loop
+def _seg_grad(os, ths, g, kk, ws, qs, prob, eps, e_c, cap):
+    """Overwrite ``os`` (holding ``exp(z_c - m)``) with ``dl/dx = (p_c (S + 2 lam u lse) - a_c) k``
+    times ``1 - ths[c]**2`` with a softcap (without the index target's one-hot term: see
+    :func:`_target_grad`). ``g = k (S + 2 lam u lse) / sum_c exp(z_c - m)``, ``kk = k``."""
+    dt = os.dtype.type
+    gg = dt(g)
+    one = dt(1)
     if prob:
-        kq = zs.dtype.type(kk * (1.0 - eps))
-        kc = zs.dtype.type(kk * e_c)
-        if stored:
-            for c in range(zs.size):
-                zs[c] = zs[c] * gg - ws[c] * (kq * qs[c] + kc)
-        elif cap > 0.0:
-            inv = 1.0 / cap
-            for c in range(zs.size):
-                z = zs[c]
-                zs[c] = (_exp_same(z - mm) * gg - ws[c] * (kq * qs[c] + kc)) * softcap_slope(z, inv)
+        kq = dt(kk * (1.0 - eps))
+        kc = dt(kk * e_c)
+        if cap > 0.0:
+            for c in range(os.size):
+                th = ths[c]
+                os[c] = (os[c] * gg - ws[c] * (kq * qs[c] + kc)) * (one - th * th)
         else:
-            for c in range(zs.size):
-                zs[c] = _exp_same(zs[c] - mm) * gg - ws[c] * (kq * qs[c] + kc)
+            for c in range(os.size):
+                os[c] = os[c] * gg - ws[c] * (kq * qs[c] + kc)
         return
-    kb = zs.dtype.type(kk * e_c)
-    if stored:
+    kb = kk * e_c
+    if cap > 0.0:
+        kbb = dt(kb)
         if eps > 0.0:
-            for c in range(zs.size):
-                zs[c] = zs[c] * gg - kb * ws[c]
+            for c in range(os.size):
+                th = ths[c]
+                os[c] = (os[c] * gg - kbb * ws[c]) * (one - th * th)
         else:
-            for c in range(zs.size):
-                zs[c] = zs[c] * gg
-    elif cap > 0.0:
-        inv = 1.0 / cap
-        for c in range(zs.size):
-            z = zs[c]
-            zs[c] = (_exp_same(z - mm) * gg - kb * ws[c]) * softcap_slope(z, inv)
+            for c in range(os.size):
+                th = ths[c]
+                os[c] = os[c] * gg * (one - th * th)
+    elif eps > 0.0:
+        _row_scale_sub(os, g, kb, ws)
     else:
-        for c in range(zs.size):
-            zs[c] = _exp_same(zs[c] - mm) * gg - kb * ws[c]
+        _row_scale(os, g)
 
 
 @_jit.device
-def _fix_target(zs, j, zt, m, g, kk, wt, w_t, eps, e_c, cap):
-    """The gradient at the index target (column ``j`` of ``zs``), in float64 from its logit ``zt``:
+def _target_grad(et, tht, g, kk, wt, eps, e_c, cap):
+    """The gradient at the index target in float64 from its stored ``exp(z_t - m)`` (and ``tanh``):
     ``p_t (S + 2 lam w_t lse) - a_t`` cancels when ``p_t`` is near 1."""
-    d = exp(zt - m) * g - kk * ((1.0 - eps) * wt + e_c * np.float64(w_t))
+    d = et * g - kk * ((1.0 - eps) * wt + e_c * wt)
     if cap > 0.0:
-        d *= softcap_slope(zt, 1.0 / cap)
-    zs[j] = d
+        d *= 1.0 - tht * tht
+    return d
 
 
 @_jit.device
@@ -245,64 +338,36 @@ def _row_loss(prob, m, s, zt, dot, sa, saz, wt, wsum, eps, e_c, lam, k):
 
 
 # ================================================================================================
-# Full rows: value and gradient in one pass over each row
+# Full rows: value and gradient, one pass from memory per row
 # ================================================================================================
+@_jit.device
+def _seg(a, bases, widths, k, i):
+    """Slice ``k`` of row ``i``: the C-ordered ``(rows, widths[k])`` matrix at ``bases[k]`` of the flat ``a``."""
+    return a[bases[k] + i * widths[k]:bases[k] + (i + 1) * widths[k]]
+
+
+@_jit.device
+def _slices_max(a, bases, widths, i):
+    """The largest logit of row ``i`` over its slices."""
+    m = -np.inf
+    for k in range(widths.size):
+        mk = np.float64(_row_max(_seg(a, bases, widths, k, i)))
+        m = mk if mk > m else m
+    return m
+
+
 @_loop
-def _rows_chunk(c, nchunks, x, z, copy, bias, has_bias, cap, prob, t, q, w, wsum, ignore_index, eps, lam,
-                coef, with_grad, loss):
+def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has_bias, cap, prob, t, q, w, wsum,
+          ignore_index, eps, lam, coef, with_grad, loss):
     """Rows ``[lo, hi)`` of chunk ``c`` of ``nchunks``: ``loss[i]`` (float64) and, ``with_grad``, the
-    gradient times ``coef[i]`` written into ``z[i]``.
+    gradient times ``coef[i]`` written into ``dst``.
 
-    ``z`` is the working array: ``copy``: ``z[i]`` gets ``x[i]`` first (``z`` may have no rows when
-    there is no gradient: a private scratch row is used); else ``z`` holds the logits (in place).
+    Row ``i`` is split in class slices (one for ``cross_entropy``; one per BLAS thread in
+    ``linear_cross_entropy``): slice ``k`` is classes ``col0s[k]:`` of width ``widths[k]`` (see
+    :func:`_seg`) of the flat ``src`` (the logits) and ``dst`` (``inplace``: the same array). Without a
+    gradient ``dst`` is not written (a private row takes the exponentials). The bias is added in place
+    (only ``inplace``). Without a bias the next row's maximum is taken during this row's exp pass.
     """
-    n_rows, n_cls = x.shape
-    lo = c * n_rows // nchunks
-    hi = (c + 1) * n_rows // nchunks
-    e_c = eps / n_cls
-    scratch = np.empty(n_cls if z.shape[0] == 0 else 0, dtype=z.dtype)
-    lanes = np.empty(16, dtype=z.dtype)
-    for i in range(lo, hi):
-        zs = scratch if z.shape[0] == 0 else z[i]
-        ti = 0 if prob else t[i]
-        ignored = (not prob) and ti == ignore_index
-        if ignored and not with_grad:
-            loss[i] = 0.0
-            continue
-        _seg_fill(x[i], zs, bias, has_bias, cap, copy)
-        m = _seg_max(zs, lanes)
-        zt = 0.0
-        wt = 0.0
-        dot = 0.0
-        sa = 0.0
-        saz = 0.0
-        qs = q[i] if prob else q[0, :0]
-        if prob:
-            sa, saz = _seg_prob_sums(zs, qs, w, eps, e_c)
-        elif not ignored:
-            zt = np.float64(zs[ti])
-            wt = np.float64(w[ti])
-            if eps > 0.0:
-                dot = _seg_dot(zs, w)
-        store = with_grad and cap == 0.0
-        s = _seg_sum_exp(zs, m, store)
-        if ignored:
-            li, gs, kk = 0.0, 0.0, 0.0
-        else:
-            li, gs, kk = _row_loss(prob, m, s, zt, dot, sa, saz, wt, wsum, eps, e_c, lam, coef[i] if with_grad else 0.0)
-        loss[i] = li
-        if with_grad:
-            _seg_grad(zs, m, gs / s, kk, w, qs, prob, eps, e_c, cap, store)
-            if not prob and not ignored:
-                _fix_target(zs, ti, zt, m, gs / s, kk, wt, w[ti], eps, e_c, cap)
-
-
-@_loop
-def _sliced_rows_chunk(c, nchunks, z, n_rows, bases, widths, col0s, bias, has_bias, cap, prob, t, q, w, wsum,
-                       ignore_index, eps, lam, coef, with_grad, loss):
-    """:func:`_rows_chunk` for linear_cross_entropy's chunk, in place, with each row split into class
-    slices: slice ``s`` of the chunk is the C-ordered ``(n_rows, widths[s])`` matrix at ``bases[s]`` of
-    the flat ``z`` (classes ``col0s[s]`` on), so that one thread's BLAS call can write or read it whole."""
     lo = c * n_rows // nchunks
     hi = (c + 1) * n_rows // nchunks
     n_slices = widths.size
@@ -310,56 +375,93 @@ def _sliced_rows_chunk(c, nchunks, z, n_rows, bases, widths, col0s, bias, has_bi
     for k in range(n_slices):
         n_cls += widths[k]
     e_c = eps / n_cls
-    lanes = np.empty(16, dtype=z.dtype)
+    inplace = inplace and with_grad
+    private = np.empty(0 if with_grad else n_cls, dtype=dst.dtype)
+    ths = np.empty(n_cls if cap > 0.0 else 0, dtype=dst.dtype)
+    ahead = not has_bias
+    m_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else 0.0
     for i in range(lo, hi):
         ti = 0 if prob else t[i]
         ignored = (not prob) and ti == ignore_index
+        nxt_ok = ahead and i + 1 < hi
+        if has_bias:
+            for k in range(n_slices):
+                _seg_add(_seg(dst, bases, widths, k, i), bias[col0s[k]:col0s[k] + widths[k]])
+            m_x = _slices_max(dst, bases, widths, i)
+        else:
+            m_x = m_next
         if ignored and not with_grad:
             loss[i] = 0.0
+            if nxt_ok:
+                m_next = _slices_max(src, bases, widths, i + 1)
             continue
-        m = -np.inf
-        for k in range(n_slices):
-            zs = z[bases[k] + i * widths[k]:bases[k] + (i + 1) * widths[k]]
-            bs = bias[col0s[k]:col0s[k] + widths[k]] if has_bias else bias[:0]
-            _seg_fill(zs, zs, bs, has_bias, cap, False)
-            mk = _seg_max(zs, lanes)
-            m = mk if mk > m else m
+        m = np.float64(_capped_max(m_x, cap, dst)) if cap > 0.0 else np.float64(dst.dtype.type(m_x))
+        # the target's slice and column
+        jt = 0
+        if not prob and not ignored:
+            for k in range(n_slices):
+                if col0s[k] <= ti < col0s[k] + widths[k]:
+                    jt = bases[k] + i * widths[k] + ti - col0s[k]
+        wt = 0.0 if prob or ignored else np.float64(w[ti])
         zt = 0.0
-        wt = 0.0
         dot = 0.0
         sa = 0.0
         saz = 0.0
-        if not prob and not ignored:
-            wt = np.float64(w[ti])
+        if cap == 0.0:  # statistics of the logits, read before the exp pass overwrites them (in place)
             for k in range(n_slices):
-                if col0s[k] <= ti < col0s[k] + widths[k]:
-                    zt = np.float64(z[bases[k] + i * widths[k] + ti - col0s[k]])
-        store = with_grad and cap == 0.0
+                xs = _seg(src, bases, widths, k, i)
+                ws = w[col0s[k]:col0s[k] + widths[k]]
+                if prob:
+                    a, b = _seg_prob_sums(xs, q[i, col0s[k]:col0s[k] + widths[k]], ws, eps, e_c)
+                    sa += a
+                    saz += b
+                elif eps > 0.0 and not ignored:
+                    dot += _row_dot(xs, ws)
+            if not prob and not ignored:
+                zt = np.float64(src[jt])
         total = 0.0
+        mn = -np.inf
         for k in range(n_slices):
-            zs = z[bases[k] + i * widths[k]:bases[k] + (i + 1) * widths[k]]
-            ws = w[col0s[k]:col0s[k] + widths[k]]
-            if prob:
-                a, b = _seg_prob_sums(zs, q[i, col0s[k]:col0s[k] + widths[k]], ws, eps, e_c)
-                sa += a
-                saz += b
-            elif eps > 0.0 and not ignored:
-                dot += _seg_dot(zs, ws)
-            total += _seg_sum_exp(zs, m, store)
+            xs = _seg(src, bases, widths, k, i)
+            os = _seg(dst, bases, widths, k, i) if with_grad else private[col0s[k]:col0s[k] + widths[k]]
+            nxt = _seg(src, bases, widths, k, i + 1) if nxt_ok else xs[:0]
+            sk, mk = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if cap > 0.0 else ths, m, cap, nxt,
+                              inplace)
+            total += sk
+            mk = np.float64(mk)
+            mn = mk if mk > mn else mn
+        if nxt_ok:
+            m_next = mn
+        if cap > 0.0:  # statistics of z = cap tanh(x / cap), from the kept tanh (linear in it)
+            for k in range(n_slices):
+                tk = ths[col0s[k]:col0s[k] + widths[k]]
+                ws = w[col0s[k]:col0s[k] + widths[k]]
+                if prob:
+                    a, b = _seg_prob_sums(tk, q[i, col0s[k]:col0s[k] + widths[k]], ws, eps, e_c)
+                    sa += a
+                    saz += cap * b
+                elif eps > 0.0 and not ignored:
+                    dot += cap * _row_dot(tk, ws)
+            if not prob and not ignored:
+                zt = cap * np.float64(ths[ti])
         if ignored:
             li, gs, kk = 0.0, 0.0, 0.0
         else:
             li, gs, kk = _row_loss(prob, m, total, zt, dot, sa, saz, wt, wsum, eps, e_c, lam,
                                    coef[i] if with_grad else 0.0)
         loss[i] = li
-        if with_grad:
-            for k in range(n_slices):
-                zs = z[bases[k] + i * widths[k]:bases[k] + (i + 1) * widths[k]]
-                ws = w[col0s[k]:col0s[k] + widths[k]]
-                qs = q[i, col0s[k]:col0s[k] + widths[k]] if prob else q[0, :0]
-                _seg_grad(zs, m, gs / total, kk, ws, qs, prob, eps, e_c, cap, store)
-                if not prob and not ignored and col0s[k] <= ti < col0s[k] + widths[k]:
-                    _fix_target(zs, ti - col0s[k], zt, m, gs / total, kk, wt, w[ti], eps, e_c, cap)
+        if not with_grad:
+            continue
+        g = gs / total
+        et = 0.0 if prob or ignored else np.float64(dst[jt])
+        tht = np.float64(ths[ti]) if cap > 0.0 and not prob and not ignored else 0.0
+        for k in range(n_slices):
+            ws = w[col0s[k]:col0s[k] + widths[k]]
+            qs = q[i, col0s[k]:col0s[k] + widths[k]] if prob else q[0, :0]
+            _seg_grad(_seg(dst, bases, widths, k, i), ths[col0s[k]:col0s[k] + widths[k]] if cap > 0.0 else ths,
+                      g, kk, ws, qs, prob, eps, e_c, cap)
+        if not prob and not ignored:
+            dst[jt] = _target_grad(et, tht, g, kk, wt, eps, e_c, cap)
 
 
 # ================================================================================================
@@ -373,28 +475,34 @@ def _block_stats_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, 
     lo = c * n_rows // nchunks
     hi = (c + 1) * n_rows // nchunks
     e_c = eps / n_cls
-    lanes = np.empty(16, dtype=z.dtype)
     ws = w[col0:col0 + width]
-    bs = bias[col0:col0 + width] if has_bias else bias[:0]
+    bs = bias[col0:col0 + width]
+    private = np.empty(width, dtype=z.dtype)
+    ths = np.empty(width if cap > 0.0 else 0, dtype=z.dtype)
     for i in range(lo, hi):
         zs = z[i]
-        _seg_fill(zs, zs, bs, has_bias, cap, False)
-        mb = _seg_max(zs, lanes)
+        if has_bias:
+            _seg_add(zs, bs)
+        mx = np.float64(_row_max(zs))
+        mb = np.float64(_capped_max(mx, cap, zs)) if cap > 0.0 else mx
         st = stats[i]
         m = max(st[0], mb) if mb == mb else st[0]
-        sb = _seg_sum_exp(zs, m, False)
+        m = np.float64(z.dtype.type(m))
+        sb = _seg_exp(zs, private, ths, m, cap, zs[:0], False)[0]
         st[1] = st[1] * exp(st[0] - m) + sb if st[0] > -np.inf else sb
         st[0] = m
+        vals = ths if cap > 0.0 else zs
+        scale = cap if cap > 0.0 else 1.0
         if prob:
-            sa, saz = _seg_prob_sums(zs, q[i, col0:col0 + width], ws, eps, e_c)
+            sa, saz = _seg_prob_sums(vals, q[i, col0:col0 + width], ws, eps, e_c)
             st[4] += sa
-            st[5] += saz
+            st[5] += scale * saz
         else:
             ti = t[i] - col0
             if 0 <= ti < width:
-                st[2] = zs[ti]
+                st[2] = scale * np.float64(vals[ti])
             if eps > 0.0:
-                st[3] += _seg_dot(zs, ws)
+                st[3] += scale * _row_dot(vals, ws)
 
 
 @_loop
@@ -407,18 +515,23 @@ def _block_grad_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, e
     hi = (c + 1) * n_rows // nchunks
     e_c = eps / n_cls
     ws = w[col0:col0 + width]
-    bs = bias[col0:col0 + width] if has_bias else bias[:0]
+    bs = bias[col0:col0 + width]
+    ths = np.empty(width if cap > 0.0 else 0, dtype=z.dtype)
     for i in range(lo, hi):
         zs = z[i]
-        _seg_fill(zs, zs, bs, has_bias, cap, False)
+        if has_bias:
+            _seg_add(zs, bs)
         m = stats[i, 0]
+        _seg_exp(zs, zs, ths, m, cap, zs[:0], True)
         g = gsum[i] / stats[i, 1]
         qs = q[i, col0:col0 + width] if prob else q[0, :0]
-        _seg_grad(zs, m, g, kk[i], ws, qs, prob, eps, e_c, cap, False)
-        if not prob and t[i] != ignore_index:
-            ti = t[i] - col0
-            if 0 <= ti < width:
-                _fix_target(zs, ti, stats[i, 2], m, g, kk[i], np.float64(w[t[i]]), w[t[i]], eps, e_c, cap)
+        ti = -1 if prob or t[i] == ignore_index else t[i] - col0
+        at = 0 <= ti < width
+        et = np.float64(zs[ti]) if at else 0.0
+        tht = np.float64(ths[ti]) if at and cap > 0.0 else 0.0
+        _seg_grad(zs, ths, g, kk[i], ws, qs, prob, eps, e_c, cap)
+        if at:
+            zs[ti] = _target_grad(et, tht, g, kk[i], np.float64(w[t[i]]), eps, e_c, cap)
 
 
 @_loop
@@ -433,7 +546,6 @@ def _finish_rows(prob, t, w, wsum, ignore_index, eps, n_cls, lam, coef, stats, l
         wt = 1.0 if prob else np.float64(w[t[i]])
         loss[i], gsum[i], kk[i] = _row_loss(prob, st[0], st[1], st[2], st[3], st[4], st[5], wt, wsum, eps, e_c,
                                             lam, coef[i])
-
 
 # ================================================================================================
 # Drivers
@@ -511,7 +623,7 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
     loss = np.zeros(n_rows)
     moved = x.ndim > 2  # the gradient is made as rows of classes, then moved back into ``out``
     out = None
-    z = np.empty((0, n_cls), dtype=x.dtype)  # value only: the kernel uses a private scratch row
+    z = np.empty((0, n_cls), dtype=x.dtype)  # value only: the kernel uses a private row
     copy, src, coef = True, rows, loss
     if grad is not None:
         out = grad.out_for(0, x)
@@ -525,8 +637,10 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
             elif np.may_share_memory(out, rows):
                 src = rows.copy()
     if n_rows and n_cls:
-        _run_chunks(_rows_chunk, n_rows, n_cls, _readonly(src), z, copy, tg.w, False, float(softcap or 0.0),
-                    tg.prob, tg.t, tg.q, tg.w, tg.wsum, tg.ignore_index, float(label_smoothing), float(z_loss), coef,
+        whole = np.zeros(1, dtype=np.int64)  # one slice per row: the whole row
+        _run_chunks(_rows, n_rows, n_cls, _readonly(src).reshape(-1), z.reshape(-1), n_rows, whole,
+                    np.full(1, n_cls, dtype=np.int64), whole, not copy, tg.w, False, float(softcap or 0.0), tg.prob,
+                    tg.t, tg.q, tg.w, tg.wsum, tg.ignore_index, float(label_smoothing), float(z_loss), coef,
                     grad is not None, loss)
     elif grad is not None:
         z[...] = 0
@@ -538,11 +652,13 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
     return value, (out,)
 
 
-def _chunk_shape(n_rows, n_cls, chunk_size):
+def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
     """``(rows, width)`` of linear_cross_entropy's chunk of logits: at most ``chunk_size`` elements;
-    ``width < n_cls`` (class blocks) only when one row does not fit."""
+    ``width < n_cls`` (class blocks) only when one row does not fit. The default counts a row of each
+    of the ``n_slices`` partials of ``d input`` (``n_hid`` wide) beside the row of logits."""
     if chunk_size is None:
-        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(n_rows * CHUNK_FRACTION))
+        per_row = n_cls + (n_slices * n_hid if n_slices > 1 else 0)
+        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(CHUNK_FRACTION * n_rows * n_cls / max(per_row, 1)))
         return max(1, min(rows, n_rows)), n_cls
     if chunk_size >= n_cls:
         return max(1, min(n_rows, chunk_size // max(n_cls, 1))), n_cls
@@ -593,7 +709,7 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     tg = _Targets(t, w, n_rows, n_cls, dtype, ignore_index)
     has_bias = b is not None
     bias = _readonly(np.ascontiguousarray(b)) if has_bias else tg.w
-    rows, width = _chunk_shape(n_rows, n_cls, chunk_size)
+    rows, width = _chunk_shape(n_rows, n_cls, chunk_size, n_hid, _slice_count(n_cls))
     loss = np.zeros(n_rows)
     with_grad = grad is not None
     coef = _coefficients(grad, reduction, tg.denominator, n_rows, loss_shape) if with_grad else loss
@@ -658,6 +774,11 @@ def _single_threaded_blas():
     return None if controller is None else controller.limit(limits=1, user_api="blas")
 
 
+def _slice_count(n_cls):
+    """The most class slices :func:`_sliced_chunks` makes: one per thread."""
+    return max(1, min(_jit.get_num_threads(), n_cls))
+
+
 def _in_parallel(n, fn):
     """``fn(0), ..., fn(n - 1)`` on the pointwise family's thread pool (``fn`` releases the GIL)."""
     from .pointwise import _run_chunks as run
@@ -681,7 +802,7 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
     threads = _jit.get_num_threads()
     limits = _single_threaded_blas() if threads > 1 else None
     try:
-        n_slices = max(1, min(threads if limits is not None else 1, n_cls))
+        n_slices = _slice_count(n_cls) if limits is not None else 1
         col0s = np.array([k * n_cls // n_slices for k in range(n_slices)], dtype=np.int64)
         widths = np.diff(np.append(col0s, n_cls)).astype(np.int64)
         bases = col0s * rows  # slice k of a chunk of n <= rows rows: n * widths[k] elements from here
@@ -693,7 +814,7 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
             segs = [buf[bases[k]:bases[k] + n * widths[k]].reshape(n, widths[k]) for k in range(n_slices)]
             cls = [slice(col0s[k], col0s[k] + widths[k]) for k in range(n_slices)]
             _in_parallel(n_slices, lambda k: np.matmul(xc, Wc[cls[k]].T, out=segs[k]))
-            _run_chunks(_sliced_rows_chunk, n, n_cls, buf, n, bases, widths, col0s, bias, has_bias, *args,
+            _run_chunks(_rows, n, n_cls, buf, buf, n, bases, widths, col0s, True, bias, has_bias, *args,
                         tg.t[lo:hi] if not tg.prob else tg.t, tg.q[lo:hi] if tg.prob else tg.q, tg.w, tg.wsum,
                         tg.ignore_index, eps, lam, coef[lo:hi], grads is not None, loss[lo:hi])
             if grads is None:

@@ -57,7 +57,7 @@ from .._math import _from_bits, exp, log, tanhf, tanhf_small
 from .._registry import Case
 # softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
 from .softmax.rows import (_exp_same, _float_of_key, _int_view, _key_max, _lowest_key, _row_dot, _row_exp, _row_max,
-                      _row_scale, _row_scale_sub)
+                           _row_scale, _row_scale_sub)
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
 _BLOCK = 256

@@ -32,6 +32,7 @@ Layout: kernel, driver, then REFERENCE / CASES / BENCH / TORCH.
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 
@@ -52,10 +53,10 @@ MAX_CHUNKS = 16
 
 
 # ==================================================================================================
-# Kernel
+# One-point functions (plain Python: compiled for the CPU below and for CUDA in ctc_cuda.py, with
+# ``exp``/``log`` bound to each target's; see compile_point_functions)
 # ==================================================================================================
-@_jit.device
-def _lse3(x1, x2, x3):
+def lse3(x1, x2, x3):
     """``log(exp(x1) + exp(x2) + exp(x3))``, -inf when all three are (torch's order of comparisons:
     NaN in ``x1`` wins, NaN elsewhere propagates through its exp)."""
     m = x1
@@ -65,6 +66,46 @@ def _lse3(x1, x2, x3):
     return log(exp(x1 - m) + exp(x2 - m) + exp(x3 - m)) + m
 
 
+def occupancy(a, b, nll, e):
+    """Posterior probability of one (frame, position) from its alpha, beta (both with the frame's
+    emission ``e``) and the sequence's loss ``nll``."""
+    return exp(a + b + nll - e)
+
+
+def gamma_start(nll, x):
+    """What torch's ``exp(-inf + nll - x)`` adds to a class's posterior: 0, or NaN where ``x`` is -inf
+    or the loss is inf or NaN (then torch's gradient is NaN, also for classes no path emits)."""
+    return 0.0 if nll - x < INF else math.nan
+
+
+def grad_point(x, gamma, g):
+    """torch's gradient of one log-probability ``x`` whose class has posterior ``gamma``."""
+    return (exp(x) - gamma) * g
+
+
+POINT_FUNCTIONS = (lse3, occupancy, gamma_start, grad_point)
+
+
+def compile_point_functions(compile_one, exp_fn, log_fn):
+    """The functions of ``POINT_FUNCTIONS`` compiled by ``compile_one`` with ``exp``/``log`` bound to
+    ``exp_fn``/``log_fn``, as a module (kernels call ``P.lse3(...)``)."""
+    namespace = {"math": math, "NEG_INF": NEG_INF, "INF": INF, "exp": exp_fn, "log": log_fn}
+    compiled = types.ModuleType(f"{__name__}.points")
+    for fn in POINT_FUNCTIONS:
+        rebound = types.FunctionType(fn.__code__, namespace, fn.__name__)
+        rebound.__qualname__, rebound.__module__, rebound.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
+        namespace[fn.__name__] = compile_one(rebound)
+        setattr(compiled, fn.__name__, namespace[fn.__name__])
+    return compiled
+
+
+#: The one-point functions for the CPU kernel: fastloss._math's vectorisable exp and log.
+P = compile_point_functions(_jit.device, exp, log)
+
+
+# ==================================================================================================
+# Kernel
+# ==================================================================================================
 @_jit.kernel(parallel=False)
 def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, want_grad, grad, losses):
     """Losses (and gradients) of sequences ``[k N / nchunks, (k + 1) N / nchunks)``.
@@ -119,10 +160,10 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
                 cur[1] = NEG_INF
                 for s in range(S):
                     x3 = prev[s] if skip[s] else NEG_INF
-                    cur[s + 2] = _lse3(prev[s + 2], prev[s + 1], x3) + e[s]
+                    cur[s + 2] = P.lse3(prev[s + 2], prev[s + 1], x3) + e[s]
             last = alpha[Tn - 1] if want_grad else alpha[(Tn - 1) & 1]
             l2 = last[S] if L > 0 else NEG_INF
-            nll = -_lse3(last[S + 1], l2, NEG_INF)
+            nll = -P.lse3(last[S + 1], l2, NEG_INF)
         dead = zero_inf and nll == INF
         losses[n] = 0.0 if dead else nll
         if not want_grad:
@@ -147,16 +188,15 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
             else:
                 for s in range(S):
                     y3 = nxt[s + 2] if skip[s + 2] else NEG_INF
-                    cur[s] = _lse3(nxt[s], nxt[s + 1], y3) + e[s]
+                    cur[s] = P.lse3(nxt[s], nxt[s + 1], y3) + e[s]
             a = alpha[t]
-            # exp(-inf + loss - log_probs): 0, or NaN where log_probs is -inf or the loss inf (torch's)
             for c in range(C):
-                acc[c] = 0.0 if nll - row[c] < INF else math.nan
+                acc[c] = P.gamma_start(nll, row[c])
             for s in range(S):
-                acc[ext[s]] += exp(a[s + 2] + cur[s] + nll - e[s])
+                acc[ext[s]] += P.occupancy(a[s + 2], cur[s], nll, e[s])
             out = grad[t, n]
             for c in range(C):
-                out[c] = (exp(row[c]) - acc[c]) * gn
+                out[c] = P.grad_point(row[c], acc[c], gn)
         for t in range(t_end, T):
             out = grad[t, n]
             for c in range(C):

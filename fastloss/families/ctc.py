@@ -192,8 +192,10 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
             a = alpha[t]
             for c in range(C):
                 acc[c] = P.gamma_start(nll, row[c])
+            for s in range(S):  # vectorises; the scatter below cannot
+                e[s] = P.occupancy(a[s + 2], cur[s], nll, e[s])
             for s in range(S):
-                acc[ext[s]] += P.occupancy(a[s + 2], cur[s], nll, e[s])
+                acc[ext[s]] += e[s]
             out = grad[t, n]
             for c in range(C):
                 out[c] = P.grad_point(row[c], acc[c], gn)

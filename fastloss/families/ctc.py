@@ -23,7 +23,7 @@ Kernel. Each sequence is one serial pass (``nogil``), chunks of sequences are sh
 :func:`fastloss._jit.run_chunks` (DEVELOPING.md, "Threads"); chunks depend on the work only, so results
 do not depend on the thread count. The loop over ``s`` of each frame is branch-free (selects, the
 vectorisable ``exp``/``log`` of :mod:`fastloss._math`) and vectorises; ``alpha`` of every frame is kept
-for the backward sweep (``T_n x (2L + 3)`` float64 per sequence, two rows for the value alone), ``beta``
+for the backward sweep (``T_n x (2L + 3)`` float64 per sequence; two rows for the value alone), ``beta``
 two rows. Every sum is float64 whatever the data's dtype. The backward sweep reads frame ``t`` of
 ``log_probs`` before it writes frame ``t`` of the gradient, so the gradient may overwrite the input.
 
@@ -106,6 +106,26 @@ P = compile_point_functions(_jit.device, exp, log)
 # ==================================================================================================
 # Kernel
 # ==================================================================================================
+@_jit.device
+def _alpha_step(prev, cur, e, skip, S):
+    """alpha of one frame (row ``cur``, position s at column s + 2) from the previous (``prev``)."""
+    cur[0] = NEG_INF
+    cur[1] = NEG_INF
+    for s in range(S):
+        x3 = prev[s] if skip[s] else NEG_INF
+        cur[s + 2] = P.lse3(prev[s + 2], prev[s + 1], x3) + e[s]
+
+
+@_jit.device
+def _beta_step(nxt, cur, e, skip, S):
+    """beta of one frame (row ``cur``, position s at column s) from the next frame's (``nxt``)."""
+    for s in range(S):
+        y3 = nxt[s + 2] if skip[s + 2] else NEG_INF
+        cur[s] = P.lse3(nxt[s], nxt[s + 1], y3) + e[s]
+    cur[S] = NEG_INF
+    cur[S + 1] = NEG_INF
+
+
 @_jit.kernel(parallel=False)
 def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, want_grad, grad, losses):
     """Losses (and gradients) of sequences ``[k N / nchunks, (k + 1) N / nchunks)``.
@@ -125,8 +145,12 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
         width = max(width, 2 * tl[n] + 3)
     # alpha rows: position s at column s + 2, columns 0 and 1 hold -inf (alpha_{t-1}(-1), (-2));
     # beta rows: position s at column s, columns 2L + 1 and 2L + 2 hold -inf
-    alpha = np.empty((t_max if want_grad else 2, width))
-    beta = np.empty((2, width))
+    # The recursions run on pairs of separate rows (a select on `skip` between two rows of one 2-D
+    # array kept LLVM from vectorising the loop: 3-4x slower); alpha's rows are copied out for the
+    # backward sweep.
+    alpha = np.empty((t_max if want_grad else 1, width))
+    ra, rb = np.empty(width), np.empty(width)
+    ba, bb = np.empty(width), np.empty(width)
     e = np.empty(width)
     ext = np.zeros(width, dtype=np.int64)
     skip = np.zeros(width, dtype=np.bool_)
@@ -144,24 +168,29 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
         if Tn == 0:
             nll = 0.0 if L == 0 else INF
         else:
-            a = alpha[0]
             for j in range(S + 2):
-                a[j] = NEG_INF
-            a[2] = lp[0, n, blank]
+                ra[j] = NEG_INF
+            ra[2] = lp[0, n, blank]
             if L > 0:
-                a[3] = lp[0, n, ext[1]]
+                ra[3] = lp[0, n, ext[1]]
+            if want_grad:
+                a = alpha[0]
+                for j in range(S + 2):
+                    a[j] = ra[j]
             for t in range(1, Tn):
-                prev = alpha[t - 1] if want_grad else alpha[(t - 1) & 1]
-                cur = alpha[t] if want_grad else alpha[t & 1]
                 row = lp[t, n]
                 for s in range(S):
                     e[s] = row[ext[s]]
-                cur[0] = NEG_INF
-                cur[1] = NEG_INF
-                for s in range(S):
-                    x3 = prev[s] if skip[s] else NEG_INF
-                    cur[s + 2] = P.lse3(prev[s + 2], prev[s + 1], x3) + e[s]
-            last = alpha[Tn - 1] if want_grad else alpha[(Tn - 1) & 1]
+                if t & 1:  # frame t's row: rb for odd t, ra for even t
+                    _alpha_step(ra, rb, e, skip, S)
+                else:
+                    _alpha_step(rb, ra, e, skip, S)
+                if want_grad:
+                    a = alpha[t]
+                    cur = rb if t & 1 else ra
+                    for j in range(S + 2):
+                        a[j] = cur[j]
+            last = rb if (Tn - 1) & 1 else ra
             l2 = last[S] if L > 0 else NEG_INF
             nll = -P.lse3(last[S + 1], l2, NEG_INF)
         dead = zero_inf and nll == INF
@@ -175,20 +204,17 @@ def _sequences(k, nchunks, lp, labels, offsets, il, tl, blank, zero_inf, coef, w
             row = lp[t, n]
             for s in range(S):
                 e[s] = row[ext[s]]
-            cur = beta[t & 1]
-            nxt = beta[(t + 1) & 1]
-            cur[S] = NEG_INF
-            cur[S + 1] = NEG_INF
+            cur = bb if t & 1 else ba  # frame t's row: bb for odd t, ba for even t
             if t == Tn - 1:
-                for s in range(S):
+                for s in range(S + 2):
                     cur[s] = NEG_INF
                 cur[S - 1] = e[S - 1]
                 if L > 0:
                     cur[S - 2] = e[S - 2]
+            elif t & 1:
+                _beta_step(ba, bb, e, skip, S)
             else:
-                for s in range(S):
-                    y3 = nxt[s + 2] if skip[s + 2] else NEG_INF
-                    cur[s] = P.lse3(nxt[s], nxt[s + 1], y3) + e[s]
+                _beta_step(bb, ba, e, skip, S)
             a = alpha[t]
             for c in range(C):
                 acc[c] = P.gamma_start(nll, row[c])

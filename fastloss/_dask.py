@@ -295,6 +295,8 @@ class _Call:
                 labels = list(range(2 if np.ndim(yp) == 1 or np.shape(yp)[1] == 1 else np.shape(yp)[1]))
             kw["labels"] = labels
             kw["y_true"] = np.asarray(labels)[:1]
+        if self.name == "ctc_loss":
+            _ctc_standins(kw, self.arrays)
         kw.update(override)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -723,6 +725,25 @@ def _weight_sum_block(t, w, ignore):
     kept = kept[(kept >= 0) & (kept < w.size)]  # out-of-range targets raise in the chunk's own call
     return (xp.bincount(kept.astype(np.intp).ravel(), minlength=w.size).astype(np.float64)
             @ w.astype(np.float64)).reshape((1,) * t.ndim)
+
+
+def _ctc_standins(kw, arrays):
+    """Make ctc_loss's zero stand-ins pass its checks of values, where 1-D targets keep their real size
+    (concatenated or unbatched targets travel whole): each label ``(blank + 1) % C`` (0 is often the
+    blank), the first stand-in target length the targets' size (zeros do not add up to it). The
+    arguments' real values are checked with the chunks, when the result is computed."""
+    t, x = kw.get("targets"), kw.get("log_probs")
+    if t is None or x is None or np.ndim(t) != 1 or "targets" not in arrays or np.ndim(x) not in (2, 3):
+        return
+    n_cls = np.shape(x)[-1]
+    blank = kw.get("blank", 0)
+    if not n_cls or not isinstance(blank, (int, np.integer)) or not 0 <= blank < n_cls:
+        return  # the stand-in call raises the in-memory error
+    if t is not arrays["targets"]:
+        t[...] = (int(blank) + 1) % n_cls
+    tl = kw.get("target_lengths")
+    if "target_lengths" in arrays and tl is not arrays["target_lengths"] and np.size(tl):
+        tl[(0,) * np.ndim(tl)] = np.shape(t)[0]
 
 
 def _zeros_like(a, shape):

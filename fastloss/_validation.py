@@ -398,3 +398,114 @@ def linear_classification(x, lw, t, b, w, ignore_index):
             raise ValueError(f"input of shape {tuple(x.shape)} needs class-index target of shape {rows}, got {tuple(t.shape)}")
         class_indices("target", t, n_cls, int(ignore_index))
     return t, w
+
+
+# --------------------------------------------------------------------------------------------------
+# ctc_loss
+# --------------------------------------------------------------------------------------------------
+def host_integers(name: str, a) -> np.ndarray:
+    """Integer data (an int, a sequence of ints, a host or device array) as a host int64 array.
+
+    Lengths and CTC targets are read on the host, as torch reads them (a device array is copied: a few
+    integers per sequence). Floats, booleans and other types are a ``TypeError``.
+    """
+    from ._dispatch import is_device_array
+
+    if is_device_array(a):
+        host = a.get() if hasattr(a, "get") and not hasattr(a, "copy_to_host") else a.copy_to_host()
+        host = np.asarray(host)
+    elif isinstance(a, (bool, np.bool_)):
+        raise TypeError(f"{name} must hold integers, got {type(a).__name__}")
+    else:
+        try:
+            host = np.asarray(a)
+        except Exception:  # ragged sequences and the like
+            raise TypeError(f"{name} must be an integer, a sequence of integers or an integer array") from None
+    if host.dtype.kind not in "iu" and not (host.size == 0 and host.dtype.kind == "f" and not isinstance(a, np.ndarray)):
+        raise TypeError(f"{name} must hold integers, got dtype {host.dtype}")
+    return host.astype(np.int64, copy=False)
+
+
+class CtcProblem:
+    """``ctc_loss``'s checked arguments: ``batched``, the lengths and the labels on the host (int64).
+
+    ``labels`` holds every sequence's target labels back to back (padding dropped), sequence ``n``'s
+    at ``labels[offsets[n]:offsets[n] + target_lengths[n]]``.
+    """
+
+    __slots__ = ("batched", "input_lengths", "target_lengths", "offsets", "labels")
+
+    def __init__(self, batched, input_lengths, target_lengths, offsets, labels):
+        self.batched = batched
+        self.input_lengths = np.ascontiguousarray(input_lengths, dtype=np.int64)
+        self.target_lengths = np.ascontiguousarray(target_lengths, dtype=np.int64)
+        self.offsets, self.labels = offsets, labels
+
+
+def ctc(x, targets, input_lengths, target_lengths, blank) -> CtcProblem:
+    """Check ``ctc_loss``'s arguments (contract §4) and return a :class:`CtcProblem`.
+
+    ``x`` (log-probabilities) is ``(T, N, C)`` with targets ``(N, S)`` (padded) or 1-D (concatenated,
+    of ``sum(target_lengths)`` labels) and 1-D lengths of ``N``; or unbatched ``(T, C)`` with targets
+    1-D of exactly the target length (or ``(1, S)``, as torch) and lengths an int, a 0-d array or one
+    element. Lengths must be non-negative, input lengths at most ``T``, padded target lengths at most
+    ``S`` (``ValueError``); a label inside a target length outside ``[0, C)`` or equal to ``blank`` is an
+    ``IndexError``; ``blank`` outside ``[0, C)`` a ``ValueError``. Padding is never read.
+    """
+    prediction("log_probs", x)
+    shape = tuple(x.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"log_probs must be (T, N, C) or unbatched (T, C), got shape {shape}")
+    batched = len(shape) == 3
+    T, C = shape[0], shape[-1]
+    N = shape[1] if batched else 1
+    if isinstance(blank, (bool, np.bool_)) or not isinstance(blank, (int, np.integer)):
+        raise TypeError(f"blank must be an integer, got {type(blank).__name__}")
+    blank = int(blank)
+    if not 0 <= blank < C:
+        raise ValueError(f"blank {blank} is not a class of log_probs with {C} classes (shape {shape})")
+    tdt = np.dtype(targets.dtype)
+    if tdt.kind not in "iu":
+        raise TypeError(f"targets must hold integer class indices, got dtype {tdt}")
+    il = host_integers("input_lengths", input_lengths)
+    tl = host_integers("target_lengths", target_lengths)
+    for name, lengths in (("input_lengths", il), ("target_lengths", tl)):
+        if batched and lengths.shape != (N,):
+            raise ValueError(f"{name} must have shape ({N},) for log_probs of shape {shape}, got {lengths.shape}")
+        if not batched and (lengths.ndim > 1 or lengths.size != 1):
+            raise ValueError(f"{name} must be an int or hold one length for unbatched log_probs of shape {shape}, "
+                             f"got shape {lengths.shape}")
+    il, tl = il.reshape(N), tl.reshape(N)
+    tshape = tuple(targets.shape)
+    padded = len(tshape) == 2
+    if len(tshape) not in (1, 2) or (padded and tshape[0] != N):
+        want = f"({N}, S) or 1-D" if batched else "1-D or (1, S)"
+        raise ValueError(f"targets must be {want} for log_probs of shape {shape}, got shape {tshape}")
+    if N and int(il.min()) < 0:
+        raise ValueError(f"input_lengths must be non-negative, got {int(il.min())}")
+    if N and int(tl.min()) < 0:
+        raise ValueError(f"target_lengths must be non-negative, got {int(tl.min())}")
+    if N and int(il.max()) > T:
+        raise ValueError(f"input_lengths must be at most T = {T} (log_probs of shape {shape}), got {int(il.max())}")
+    if padded and N and int(tl.max()) > tshape[1]:
+        raise ValueError(f"target_lengths must be at most S = {tshape[1]} (targets of shape {tshape}), "
+                         f"got {int(tl.max())}")
+    if not padded and int(tl.sum()) != tshape[0]:
+        raise ValueError(f"target_lengths add up to {int(tl.sum())}, but the concatenated targets hold "
+                         f"{tshape[0]} labels (shape {tshape})")
+    offsets = np.zeros(N, dtype=np.int64)
+    if N > 1:
+        np.cumsum(tl[:-1], out=offsets[1:])
+    t = host_integers("targets", targets)
+    if padded:
+        labels = t[np.arange(tshape[1]) < tl[:, None]]  # row by row: the first tl[n] labels of each
+    else:
+        labels = t.reshape(-1)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if labels.size:
+        bad = (labels < 0) | (labels >= C) | (labels == blank)
+        if bad.any():
+            value = int(labels[bad][0])
+            why = "is the blank" if value == blank else f"is out of bounds for {C} classes"
+            raise IndexError(f"target label {value} {why} (blank={blank}, log_probs of shape {shape})")
+    return CtcProblem(batched, il, tl, offsets, labels)

@@ -21,7 +21,7 @@ __all__ = [
     "l1_penalty", "l2_penalty",
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "linear_cross_entropy",
     "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss", "triplet_margin_loss",
-    "multi_margin_loss", "multilabel_margin_loss",
+    "multi_margin_loss", "multilabel_margin_loss", "ctc_loss",
 ]
 
 _PW = "pointwise"
@@ -604,3 +604,57 @@ def multilabel_margin_loss(
     be, (x, t) = prepare(input=input, target=target)
     t = V.multilabel_margin(x, t)
     return family(be, "margin").multilabel_margin(x, t, reduction, _grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sequences (CTC)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("log_probs",), family="ctc")
+def ctc_loss(
+    log_probs: ArrayIn, targets: ArrayIn, input_lengths, target_lengths, blank: int = 0,
+    reduction: str = "mean", zero_infinity: bool = False, *, _grad: GradRequest | None = None
+) -> Array:
+    """Connectionist temporal classification loss (Graves et al. 2006), as ``torch.nn.functional.ctc_loss``.
+
+    For sequence ``n`` with target ``y`` (``L = target_lengths[n]`` labels) and the frames
+    ``t < T_n = input_lengths[n]`` of ``log_probs``, the loss is ``-log p(y | x)``, ``p`` the sum over
+    every alignment ``pi`` (a label per frame) that collapses to ``y`` once repeats are merged and
+    blanks removed, of ``prod_t exp(log_probs[t, n, pi_t])``. It is computed by the forward-backward
+    (alpha-beta) recursion in log space over the extended target ``y'`` (``2L + 1`` labels: blanks
+    between and around ``y``'s), in float64. A target no alignment can produce (too few frames for
+    its labels and the blanks its repeats need) has the loss ``inf``; ``zero_infinity=True`` makes such
+    losses, and their gradients, 0.
+
+    Shapes: ``log_probs`` ``(T, N, C)`` (``C`` classes, ``blank`` among them); ``targets`` padded
+    ``(N, S)`` (only the first ``target_lengths[n]`` labels of row ``n`` are read) or the targets
+    concatenated, 1-D of ``sum(target_lengths)``, of any integer dtype; ``input_lengths`` and
+    ``target_lengths`` 1-D integer arrays or sequences of ``N`` ints. Unbatched: ``log_probs`` ``(T, C)``,
+    1-D ``targets`` of exactly the target length, each length an int, a 0-d array or one element.
+    ``'none'`` gives ``(N,)`` (``()`` unbatched); ``'mean'`` divides each loss by its target length
+    (at least 1) and averages over the batch; ``'sum'`` adds the losses.
+
+    The gradient (:func:`fastloss.value_and_grad`) is torch's, which assumes ``log_probs`` came out of
+    a log-softmax: ``(exp(log_probs[t, n, c]) - gamma[t, n, c]) * g_n``, ``gamma`` the posterior
+    probability that frame ``t`` emits class ``c``, ``g_n`` the incoming gradient of sequence ``n``
+    (divided by its clamped target length and ``N`` for ``'mean'``); 0 for frames ``t >= T_n``, and
+    NaN for the frames of an infinite loss unless ``zero_infinity``. Lengths that do not fit the arrays
+    are a ``ValueError``, a label outside ``[0, C)`` or equal to ``blank`` an ``IndexError``, as are
+    non-integer targets or lengths a ``TypeError``. Lengths and labels are read on the host (device
+    ones are copied, as torch does).
+
+    >>> import numpy as np, fastloss as fl
+    >>> log_probs = np.log(np.full((3, 1, 2), 0.5))  # 3 frames, 1 sequence, classes {blank, a}
+    >>> float(fl.ctc_loss(log_probs, np.array([[1]]), [3], [1], reduction='sum'))  # 6 of 8 paths give "a"
+    0.2876820724517809
+    """
+    V.reduction(reduction)
+    be, (x, t, il, tl) = prepare(log_probs=log_probs, targets=targets, input_lengths=_array_or_none(input_lengths),
+                                 target_lengths=_array_or_none(target_lengths))
+    problem = V.ctc(x, t, input_lengths if il is None else il, target_lengths if tl is None else tl, blank)
+    return family(be, "ctc").ctc_loss(x, problem, int(blank), reduction, bool(zero_infinity), _grad)
+
+
+def _array_or_none(v):
+    """``v`` where it is an array (so that it takes part in the backend's choice), ``None`` for the
+    Python ints and sequences that lengths may also be."""
+    return None if v is None or isinstance(v, (int, list, tuple)) else v

@@ -110,6 +110,82 @@ def _kl_div_log_target_block(a, xs, ts, pws, f, d):
         d[j] = P.kl_div_log_target_point_grad(xj, tj)
 
 
+# Poisson NLL: one block per (log_input, full); `a` is eps.
+@device
+def _poisson_nll_log_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj = np.float64(xs[j]), np.float64(ts[j])
+        f[j] = P.poisson_nll_log_point(xj, tj)
+        d[j] = P.poisson_nll_log_point_grad(xj, tj)
+
+
+@device
+def _poisson_nll_log_full_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj = np.float64(xs[j]), np.float64(ts[j])
+        f[j] = P.poisson_nll_log_full_point(xj, tj)
+        d[j] = P.poisson_nll_log_point_grad(xj, tj)
+
+
+@device
+def _poisson_nll_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj = np.float64(xs[j]), np.float64(ts[j])
+        f[j] = P.poisson_nll_point(xj, tj, a)
+        d[j] = P.poisson_nll_point_grad(xj, tj, a)
+
+
+@device
+def _poisson_nll_full_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj = np.float64(xs[j]), np.float64(ts[j])
+        f[j] = P.poisson_nll_full_point(xj, tj, a)
+        d[j] = P.poisson_nll_point_grad(xj, tj, a)
+
+
+# Gaussian NLL: the variance comes as the `pws` operand, eps as `a`. The gradient w.r.t. var is a pass
+# of its own (_gaussian_nll_var_block: f is 0 there), run only when var is an array.
+@device
+def _gaussian_nll_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        r, vj = np.float64(xs[j]) - np.float64(ts[j]), np.float64(pws[j])
+        f[j] = P.gaussian_nll_point(r, vj, a)
+        d[j] = P.gaussian_nll_point_grad(r, vj, a)
+
+
+@device
+def _gaussian_nll_full_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        r, vj = np.float64(xs[j]) - np.float64(ts[j]), np.float64(pws[j])
+        f[j] = P.gaussian_nll_full_point(r, vj, a)
+        d[j] = P.gaussian_nll_point_grad(r, vj, a)
+
+
+@device
+def _gaussian_nll_var_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        r, vj = np.float64(xs[j]) - np.float64(ts[j]), np.float64(pws[j])
+        f[j] = 0.0
+        d[j] = P.gaussian_nll_point_grad_var(r, vj, a)
+
+
+@device
+def _soft_margin_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj = np.float64(xs[j]), np.float64(ts[j])
+        f[j] = P.soft_margin_point(xj, tj)
+        d[j] = P.soft_margin_point_grad(xj, tj)
+
+
+# Sigmoid focal loss: gamma as `a`, alpha as the `pws` operand (a constant).
+@device
+def _sigmoid_focal_block(a, xs, ts, pws, f, d):
+    for j in range(xs.size):
+        xj, tj, alpha = np.float64(xs[j]), np.float64(ts[j]), np.float64(pws[j])
+        f[j] = P.sigmoid_focal_point(xj, tj, alpha, a)
+        d[j] = P.sigmoid_focal_point_grad(xj, tj, alpha, a)
+
+
 # --- the direct path's per-element pairs (loss, derivative) and its chunk kernels ------------------
 @device
 def _l1_pair(a, xj, tj):
@@ -207,6 +283,51 @@ def _kl_div_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout
 @kernel(parallel=False)
 def _kl_div_log_target_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
     return _chunk(_kl_div_log_target_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _poisson_nll_log_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_poisson_nll_log_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _poisson_nll_log_full_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_poisson_nll_log_full_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _poisson_nll_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_poisson_nll_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _poisson_nll_full_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_poisson_nll_full_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _gaussian_nll_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_gaussian_nll_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _gaussian_nll_full_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_gaussian_nll_full_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _gaussian_nll_var_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_gaussian_nll_var_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _soft_margin_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_soft_margin_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@kernel(parallel=False)
+def _sigmoid_focal_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    return _chunk(_sigmoid_focal_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
 
 
 #: The losses with a direct path (see loops._direct), by their general chunk function.

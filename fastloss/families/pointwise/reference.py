@@ -199,7 +199,7 @@ def ref_multilabel_soft_margin_loss(input, target, weight=None, reduction="mean"
 def ref_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none", grad_output=None):
     x, t = np.asarray(inputs, np.float64), np.asarray(targets, np.float64)
     p, pm = _expit(x), _expit(-x)
-    ce = np.logaddexp(0.0, x) - t * x
+    ce = (1 - t) * np.maximum(x, 0) + t * np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))  # softplus(x) - t x
     q = p * (1 - t) + pm * t  # 1 - p_t
     at = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(x)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -10,7 +10,8 @@ from .blocks import (_DIRECT, _bce_chunk, _bce_logits_chunk, _bce_logits_f32_chu
                      _gaussian_nll_full_chunk, _gaussian_nll_var_chunk, _huber_chunk, _kl_div_chunk,
                      _kl_div_log_target_chunk, _l1_chunk, _mape_chunk, _mse_chunk, _poisson_nll_chunk,
                      _poisson_nll_full_chunk, _poisson_nll_log_chunk, _poisson_nll_log_full_chunk,
-                     _sigmoid_focal_chunk, _smooth_l1_chunk, _soft_margin_chunk)
+                     _sigmoid_focal_chunk, _sigmoid_focal_f32_chunk, _smooth_l1_chunk, _soft_margin_chunk,
+                     _soft_margin_f32_chunk)
 from .loops import (_broadcast_operand, _constant_operand, _flat, _nchunks, _outside_unit_interval_chunk,
                     _run_chunks, _sum_chunk)
 
@@ -211,7 +212,7 @@ def gaussian_nll(x, t, var, full, eps, reduction, grad):
 
 def soft_margin(x, t, reduction, grad):
     """soft_margin_loss: ``log(1 + exp(-t x))``, evaluated without overflow."""
-    return _run(_soft_margin_chunk, x, t, reduction, grad)
+    return _run(_soft_margin_f32_chunk if x.dtype == np.float32 else _soft_margin_chunk, x, t, reduction, grad)
 
 
 def multilabel_soft_margin(x, t, w, reduction, grad):
@@ -237,5 +238,6 @@ def multilabel_soft_margin(x, t, w, reduction, grad):
 
 def sigmoid_focal(x, t, alpha, gamma, reduction, grad):
     """torchvision's sigmoid_focal_loss: ``alpha_t (1 - p_t)**gamma bce_with_logits(x, t)``."""
-    return _run(_sigmoid_focal_chunk, x, t, reduction, grad, a=gamma,
+    chunk = _sigmoid_focal_f32_chunk if x.dtype == np.float32 else _sigmoid_focal_chunk
+    return _run(chunk, x, t, reduction, grad, a=gamma,
                 pos_weight=np.asarray(alpha, dtype=x.dtype))

@@ -308,64 +308,82 @@ def gaussian_nll_point_grad_var(r, v, eps):
 
 
 # --- soft_margin_loss -------------------------------------------------------------------------------
+def soft_margin_point_e(x, y, e):
+    """log(1 + exp(-y x)) = -log_sigmoid(y x) given e = exp(-|y x|); never overflows (torch's
+    log1p(exp(.)) does)."""
+    return -log_sigmoid_point_e(y * x, e)
+
+
+def soft_margin_point_grad_e(x, y, e):
+    """d / dx = -y sigmoid(-y x), given e = exp(-|y x|)."""
+    return -y * sigmoid_point_e(-(y * x), e)
+
+
 def soft_margin_point(x, y):
-    """log(1 + exp(-y x)) = -log_sigmoid(y x), which never overflows (torch's log1p(exp(.)) does)."""
-    return -log_sigmoid_point(y * x)
+    """log(1 + exp(-y x)) (see soft_margin_point_e)."""
+    return soft_margin_point_e(x, y, exp_neg_abs_point(y * x))
 
 
 def soft_margin_point_grad(x, y):
     """d / dx = -y sigmoid(-y x)."""
-    return -y * sigmoid_point(-(y * x))
+    return soft_margin_point_grad_e(x, y, exp_neg_abs_point(y * x))
 
 
 # --- sigmoid_focal_loss (torchvision.ops) -----------------------------------------------------------
+# Written with ZERO / ONE (not 0.0 / 1.0) so that the float32 compilation (P32) stays in float32.
 def focal_power(q, gamma):
     """q ** gamma for q >= 0 (q * q for the usual gamma = 2; 1 for gamma = 0, 0 ** 0 included); NaN for
     q < 0, as torch.pow of a negative base."""
     if gamma == 2.0:
         return q * q
     if gamma == 0.0:
-        return 1.0
-    if q == 0.0:
-        return 0.0
+        return ONE + ZERO * q
+    if q == ZERO:
+        return q
     return exp(gamma * log(q))
 
 
 def focal_alpha_t(t, alpha):
     """alpha t + (1 - alpha)(1 - t), or 1 where alpha < 0 (the weighting off)."""
-    if alpha < 0.0:
-        return 1.0
-    return alpha * t + (1.0 - alpha) * (1.0 - t)
+    if alpha < ZERO:
+        return ONE + ZERO * t
+    return alpha * t + (ONE - alpha) * (ONE - t)
 
 
 def focal_q_e(x, t, e):
     """1 - p_t = sigmoid(x) (1 - t) + sigmoid(-x) t, given e = exp(-|x|), without the cancellation of
     1 - p_t where p_t is close to 1."""
-    return sigmoid_point_e(x, e) * (1.0 - t) + sigmoid_point_e(-x, e) * t
+    return sigmoid_point_e(x, e) * (ONE - t) + sigmoid_point_e(-x, e) * t
 
 
-def sigmoid_focal_point(x, t, alpha, gamma):
-    """alpha_t (1 - p_t)**gamma bce_with_logits(x, t), p_t = p t + (1 - p)(1 - t), p = sigmoid(x)."""
-    e = exp_neg_abs_point(x)
-    ce = bce_logits_point_e(x, t, 1.0, e)
+def sigmoid_focal_point_e(x, t, alpha, gamma, e):
+    """alpha_t (1 - p_t)**gamma bce_with_logits(x, t), p_t = p t + (1 - p)(1 - t), p = sigmoid(x), given
+    e = exp(-|x|)."""
+    ce = bce_logits_point_e(x, t, ONE, e)
     return focal_alpha_t(t, alpha) * ce * focal_power(focal_q_e(x, t, e), gamma)
 
 
-def sigmoid_focal_point_grad(x, t, alpha, gamma):
-    """d / dx = alpha_t ((p - t) q**gamma + ce gamma q**(gamma - 1) p (1 - p) (1 - 2 t)), q = 1 - p_t.
-
-    The second term is 0 where q == 0 (p (1 - p) is 0 there too).
-    """
-    e = exp_neg_abs_point(x)
+def sigmoid_focal_point_grad_e(x, t, alpha, gamma, e):
+    """d / dx = alpha_t ((p - t) q**gamma + ce gamma q**(gamma - 1) p (1 - p) (1 - 2 t)), q = 1 - p_t,
+    given e = exp(-|x|). The second term is 0 where q == 0 (p (1 - p) is 0 there too)."""
     s = sigmoid_point_e(x, e)
     sm = sigmoid_point_e(-x, e)
-    q = s * (1.0 - t) + sm * t
+    q = s * (ONE - t) + sm * t
     qg = focal_power(q, gamma)
     g = (s - t) * qg
-    if q > 0.0 and gamma != 0.0:
-        g += bce_logits_point_e(x, t, 1.0, e) * gamma * (qg / q) * (s * sm) * (1.0 - 2.0 * t)
+    if q > ZERO and gamma != 0.0:
+        g += bce_logits_point_e(x, t, ONE, e) * (gamma * (qg / q)) * (s * sm) * (ONE - (t + t))
     return focal_alpha_t(t, alpha) * g
 
+
+def sigmoid_focal_point(x, t, alpha, gamma):
+    """The focal loss of logit x (see sigmoid_focal_point_e)."""
+    return sigmoid_focal_point_e(x, t, alpha, gamma, exp_neg_abs_point(x))
+
+
+def sigmoid_focal_point_grad(x, t, alpha, gamma):
+    """d focal / dx (see sigmoid_focal_point_grad_e)."""
+    return sigmoid_focal_point_grad_e(x, t, alpha, gamma, exp_neg_abs_point(x))
 
 #: Every one-point function, in dependency order (helpers before their callers). The CUDA twin compiles
 #: exactly these with ``compile_point_functions(cuda.jit(device=True), {...})``.
@@ -380,8 +398,9 @@ POINT_FUNCTIONS = (
     stirling_point, poisson_nll_log_point, poisson_nll_log_point_grad, poisson_nll_point, poisson_nll_point_grad,
     poisson_nll_log_full_point, poisson_nll_full_point,
     gaussian_nll_point, gaussian_nll_full_point, gaussian_nll_point_grad, gaussian_nll_point_grad_var,
-    soft_margin_point, soft_margin_point_grad,
-    focal_power, focal_alpha_t, focal_q_e, sigmoid_focal_point, sigmoid_focal_point_grad,
+    soft_margin_point_e, soft_margin_point_grad_e, soft_margin_point, soft_margin_point_grad,
+    focal_power, focal_alpha_t, focal_q_e, sigmoid_focal_point_e, sigmoid_focal_point_grad_e,
+    sigmoid_focal_point, sigmoid_focal_point_grad,
 )
 
 

@@ -193,6 +193,40 @@ def pointwise(x, t, w=None, *, weight: str = "same", names=("input", "target", "
     return x, t, w
 
 
+def nonnegative_values(name: str, a) -> None:
+    """Every value of the array ``a`` is >= 0 (NaN passes: data, not an error); ``ValueError`` otherwise."""
+    if a.size == 0:
+        return
+    dev = _numba_device_helpers(a)
+    if dev is not None:
+        lo_hi = dev.value_range(a)  # of the non-NaN values
+        bad = lo_hi is not None and lo_hi[0] < 0.0
+    else:
+        bad = bool((a < 0).any())
+    if bad:
+        raise ValueError(f"{name} has negative entry/entries")
+
+
+def gaussian_var(x, var):
+    """``gaussian_nll_loss``'s ``var``: a Python float (>= 0), or an array (converted to ``x``'s dtype,
+    every value >= 0) of ``x``'s shape, of ``x.shape[:-1]``, or of ``x``'s shape with exactly one
+    dimension of size 1 where ``x``'s differs (torch 2.13's rules). Returns the float or the array."""
+    if not hasattr(var, "shape"):
+        v = float(var)
+        if v < 0:
+            raise ValueError(f"var has negative entry/entries, got {v}")
+        return v
+    var = as_float("var", var, x.dtype)
+    nonnegative_values("var", var)
+    vs, xs = tuple(var.shape), tuple(x.shape)
+    if vs != xs and not (xs and vs == xs[:-1]):
+        differing = [m for n, m in zip(xs, vs) if n != m]
+        if len(vs) != len(xs) or differing != [1]:
+            raise ValueError(f"var of shape {vs} is of incorrect size for input of shape {xs}: use input's shape, "
+                             f"input's shape without its last dimension, or a dimension of size 1 where they differ")
+    return var
+
+
 def _float_target_message(x, t, want) -> str:
     """Why a float target of the wrong shape was refused: float targets are class probabilities of
     ``input``'s shape; a float array of the index shape is most likely class indices stored as floats."""

@@ -19,6 +19,8 @@ __all__ = [
     "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "mape_loss", "rmse_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "log_loss",
     "l1_penalty", "l2_penalty",
+    "poisson_nll_loss", "gaussian_nll_loss", "soft_margin_loss", "multilabel_soft_margin_loss",
+    "sigmoid_focal_loss",
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "linear_cross_entropy",
     "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss", "triplet_margin_loss",
     "multi_margin_loss", "multilabel_margin_loss", "ctc_loss",
@@ -261,6 +263,131 @@ def l2_penalty(w: ArrayIn, lam: float = 1.0, *, _grad: GradRequest | None = None
     be, (w_,) = prepare(w=w)
     V.prediction("w", w_)
     return family(be, _PW).penalty(w_, float(lam), 2, _grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# More of torch.nn.functional, and torchvision's focal loss (pointwise)
+# --------------------------------------------------------------------------------------------------
+@loss(diff=("input",), family=_PW)
+def poisson_nll_loss(
+    input: ArrayIn, target: ArrayIn, log_input: bool = True, full: bool = False, eps: float = 1e-8,
+    reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
+    """Negative log likelihood of a Poisson-distributed ``target``.
+
+    ``l = exp(input) - target * input`` (``log_input=True``: ``input`` is the log-rate) or
+    ``l = input - target * log(input + eps)`` (the rate itself); ``full=True`` adds Stirling's
+    approximation ``t * log(t) - t + 0.5 * log(2 * pi * t)`` of ``log(t!)`` where ``t > 1``. ``input``
+    and ``target`` share one shape; ``'mean'`` averages over all elements. The gradient w.r.t. ``input``
+    is ``exp(input) - target`` (``1 - target / (input + eps)``).
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.poisson_nll_loss(np.array([0.5, -1.0]), np.array([2.0, 0.0]))), 6)
+    0.5083
+    """
+    V.reduction(reduction)
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).poisson_nll(x, t, bool(log_input), bool(full), float(eps), reduction, _grad)
+
+
+@loss(diff=("input", "var"), family=_PW)
+def gaussian_nll_loss(
+    input: ArrayIn, target: ArrayIn, var: ArrayIn | float, full: bool = False, eps: float = 1e-6,
+    reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
+    """Negative log likelihood of ``target`` under Gaussians of mean ``input`` and variance ``var``.
+
+    ``l = 0.5 * (log(max(var, eps)) + (input - target)**2 / max(var, eps))``, plus ``0.5 * log(2 * pi)``
+    with ``full=True``. ``var`` is a float or an array of ``input``'s shape, of that shape without its
+    last dimension, or of that shape with one dimension of size 1 where ``input``'s differs (it then
+    broadcasts, as PyTorch); a negative ``var`` is a ``ValueError``. The clamp at ``eps`` applies to the
+    value only: as PyTorch, the gradient w.r.t. ``var`` passes straight through it,
+    ``0.5 * (1 / v - (input - target)**2 / v**2)`` at ``v = max(var, eps)``, summed over the axes
+    along which ``var`` broadcasts. Differentiated for ``(input, var)`` when ``var`` is an array, for
+    ``input`` alone when it is a float.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.gaussian_nll_loss(np.array([1.0, 2.0]), np.array([1.5, 1.0]), np.array([0.5, 2.0]))), 6)
+    0.25
+    """
+    V.reduction(reduction)
+    scalar_var = not hasattr(var, "shape") and not isinstance(var, (list, tuple))
+    if scalar_var:
+        be, (x, t) = prepare(input=input, target=target)
+    else:
+        be, (x, t, var) = prepare(input=input, target=target, var=var)
+    x, t, _ = V.pointwise(x, t)
+    var = V.gaussian_var(x, var)
+    return family(be, _PW).gaussian_nll(x, t, var, bool(full), float(eps), reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def soft_margin_loss(
+    input: ArrayIn, target: ArrayIn, reduction: str = "mean", *, _grad: GradRequest | None = None
+) -> Array:
+    """Two-class logistic loss ``l = log(1 + exp(-target * input))`` with targets of +-1.
+
+    ``input`` and ``target`` share one shape; ``'mean'`` averages over all elements. Evaluated as
+    ``-log_sigmoid(target * input)``, which never overflows (PyTorch's ``log1p(exp(.))`` gives inf where
+    ``-target * input`` exceeds the dtype's exp range). The gradient is ``-target * sigmoid(-target * input)``.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.soft_margin_loss(np.array([2.0, -0.5]), np.array([1.0, 1.0]))), 6)
+    0.550502
+    """
+    V.reduction(reduction)
+    be, (x, t) = prepare(input=input, target=target)
+    x, t, _ = V.pointwise(x, t)
+    return family(be, _PW).soft_margin(x, t, reduction, _grad)
+
+
+@loss(diff=("input",), family=_PW)
+def multilabel_soft_margin_loss(
+    input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, reduction: str = "mean", *,
+    _grad: GradRequest | None = None
+) -> Array:
+    """Multi-label one-versus-all logistic loss.
+
+    ``input`` ``(N, C)`` or ``(C,)`` (classes on the last axis), ``target`` of 0/1 of the same shape,
+    ``weight`` ``(C,)`` (or anything broadcasting to ``input``). Each row's loss is the mean over its
+    ``C`` classes of ``-w_c * (t_c * log(sigmoid(x_c)) + (1 - t_c) * log(sigmoid(-x_c)))``;
+    ``'none'`` returns those ``(N,)`` (a 0-d array for 1-D input), ``'mean'`` their mean, ``'sum'``
+    their sum.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.multilabel_soft_margin_loss(np.array([[2.0, -1.0, 0.5]]), np.array([[1.0, 0.0, 0.0]]))), 6)
+    0.471422
+    """
+    V.reduction(reduction)
+    be, (x, t, w) = prepare(input=input, target=target, weight=weight)
+    x, t, w = V.pointwise(x, t, w, weight="broadcast")
+    if x.ndim == 0:
+        raise ValueError("input must be (N, C) or (C,): classes on the last axis, got a 0-d array")
+    return family(be, _PW).multilabel_soft_margin(x, t, w, reduction, _grad)
+
+
+@loss(diff=("inputs",), family=_PW)
+def sigmoid_focal_loss(
+    inputs: ArrayIn, targets: ArrayIn, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none", *,
+    _grad: GradRequest | None = None
+) -> Array:
+    """Focal loss of logits (Lin et al., 2017), as ``torchvision.ops.sigmoid_focal_loss``.
+
+    With ``p = sigmoid(inputs)`` and ``p_t = p * t + (1 - p) * (1 - t)``:
+    ``l = alpha_t * (1 - p_t)**gamma * binary_cross_entropy_with_logits(inputs, t)``, where
+    ``alpha_t = alpha * t + (1 - alpha) * (1 - t)`` (1 when ``alpha < 0``: no weighting). ``inputs``
+    and ``targets`` share one shape; the default reduction is ``'none'``, as torchvision. Computed from
+    ``exp(-|x|)`` alone, so large ``|inputs|`` neither overflow nor cancel.
+
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.sigmoid_focal_loss(np.array([2.0, -1.0]), np.array([1.0, 1.0]), reduction='sum')), 6)
+    0.175918
+    """
+    V.reduction(reduction)
+    be, (x, t) = prepare(inputs=inputs, targets=targets)
+    x, t, _ = V.pointwise(x, t, names=("inputs", "targets", "weight"))
+    return family(be, _PW).sigmoid_focal(x, t, float(alpha), float(gamma), reduction, _grad)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,13 +45,15 @@ def diff_positions(spec):
 def diff_slots(spec, case):
     """Where ``case`` holds each differentiated input: a position in ``case.args`` or a keyword of
     ``case.kwargs`` (keyword-only inputs such as ``linear_bias``); an optional input the case leaves
-    out (absent or None) has no gradient and no slot. Returns ``[(name, slot), ...]`` in ``diff`` order."""
+    out (absent or None), or gives as a Python number (``gaussian_nll_loss``'s float ``var``), has no
+    gradient and no slot. Returns ``[(name, slot), ...]`` in ``diff`` order."""
     slots = []
     for name in spec.diff:
         pos = positional_index(spec, name)
         if pos < len(case.args):
-            slots.append((name, pos))
-        elif case.kwargs.get(name) is not None:
+            if not isinstance(case.args[pos], (int, float)):
+                slots.append((name, pos))
+        elif case.kwargs.get(name) is not None and not isinstance(case.kwargs[name], (int, float)):
             slots.append((name, name))
     return slots
 

@@ -80,6 +80,8 @@ block_sum, _ = D.block_reductions(globals())
 
 # Loss ids (a branch taken the same way by every thread of a launch).
 L1, MSE, SMOOTH_L1, HUBER, MAPE, BCE, BCE_LOGITS, KL_DIV, KL_DIV_LOG_TARGET = range(9)
+(POISSON_LOG, POISSON_LOG_FULL, POISSON, POISSON_FULL, GAUSSIAN, GAUSSIAN_FULL, GAUSSIAN_VAR, SOFT_MARGIN,
+ SIGMOID_FOCAL) = range(9, 18)
 
 # How a gradient is divided by a denominator held on the device (den_buf[0]).
 NO_DEN, DIVIDE, DIVIDE_OR_ZERO = 0, 1, 2
@@ -114,7 +116,11 @@ def _kernel(template, name, **bindings):
 
 
 def _point(kind, a, x, t, pw):
-    """``(loss, d loss / d x)`` of one element for loss ``kind`` (``a``: beta or delta)."""
+    """``(loss, d loss / d x)`` of one element for loss ``kind``.
+
+    ``a``: beta, delta, eps (Poisson, Gaussian) or gamma (focal); ``pw``: pos_weight, the variance
+    (Gaussian) or alpha (focal). GAUSSIAN_VAR gives ``(0, d loss / d var)``.
+    """
     if kind == L1:
         return P.l1_point(x - t), P.l1_point_grad(x - t)
     if kind == MSE:
@@ -131,7 +137,25 @@ def _point(kind, a, x, t, pw):
         return P.bce_logits_point(x, t, pw), P.bce_logits_point_grad(x, t, pw)
     if kind == KL_DIV:
         return P.kl_div_point(x, t), P.kl_div_point_grad(x, t)
-    return P.kl_div_log_target_point(x, t), P.kl_div_log_target_point_grad(x, t)
+    if kind == KL_DIV_LOG_TARGET:
+        return P.kl_div_log_target_point(x, t), P.kl_div_log_target_point_grad(x, t)
+    if kind == POISSON_LOG:
+        return P.poisson_nll_log_point(x, t), P.poisson_nll_log_point_grad(x, t)
+    if kind == POISSON_LOG_FULL:
+        return P.poisson_nll_log_full_point(x, t), P.poisson_nll_log_point_grad(x, t)
+    if kind == POISSON:
+        return P.poisson_nll_point(x, t, a), P.poisson_nll_point_grad(x, t, a)
+    if kind == POISSON_FULL:
+        return P.poisson_nll_full_point(x, t, a), P.poisson_nll_point_grad(x, t, a)
+    if kind == GAUSSIAN:
+        return P.gaussian_nll_point(x - t, pw, a), P.gaussian_nll_point_grad(x - t, pw, a)
+    if kind == GAUSSIAN_FULL:
+        return P.gaussian_nll_full_point(x - t, pw, a), P.gaussian_nll_point_grad(x - t, pw, a)
+    if kind == GAUSSIAN_VAR:
+        return 0.0, P.gaussian_nll_point_grad_var(x - t, pw, a)
+    if kind == SOFT_MARGIN:
+        return P.soft_margin_point(x, t), P.soft_margin_point_grad(x, t)
+    return P.sigmoid_focal_point(x, t, pw, a), P.sigmoid_focal_point_grad(x, t, pw, a)
 
 
 point64 = cuda.jit(device=True)(_specialise(_point, "point64", P=P64))
@@ -227,6 +251,36 @@ _fast_f64 = _kernel(_fast, "_fast_f64", point=point64)
 _fast_f32 = _kernel(_fast, "_fast_f32", point=point32)
 _broadcast_f64 = _kernel(_broadcast, "_broadcast_f64", point=point64)
 _broadcast_f32 = _kernel(_broadcast, "_broadcast_f32", point=point32)
+
+
+@cuda.jit
+def _sum_middle_axis(src, n_mid, n_inner, scale, out):
+    """``out[a, b] = scale * sum_k src[a, k, b]`` for the flat C-contiguous ``src`` of shape
+    ``(n_outer, n_mid, n_inner)``, summed in float64: one thread per output element."""
+    n = out.shape[0]
+    j = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while j < n:
+        a = j // n_inner
+        b = j - a * n_inner
+        acc = 0.0
+        base = a * n_mid * n_inner + b
+        for k in range(n_mid):
+            acc += float64(src[base + k * n_inner])
+        out[j] = acc * scale
+        j += stride
+
+
+def _sum_axis(src, axis, out, scale=1.0):
+    """``out`` (C-contiguous, ``src``'s shape without ``axis`` in its element count) = ``scale`` times the
+    sum of the C-contiguous device array ``src`` over ``axis``."""
+    shape = tuple(src.shape)
+    n_mid, n_inner = shape[axis], math.prod(shape[axis + 1:])
+    n = out.size
+    if n:
+        D.launch(_sum_middle_axis, D.blocks_for(n), src, D.reshape(src, (src.size,)), n_mid, n_inner, float(scale),
+                 D.reshape(out, (n,)))
+    return out
 
 
 @cuda.jit
@@ -444,6 +498,98 @@ def penalty(w, lam, p, grad):
     if p == 1:
         return _run(L1, w, None, "sum", grad, scale=lam)
     return _run(MSE, w, None, "sum", grad, scale=0.5 * lam)
+
+
+_POISSON_KINDS = {(True, False): POISSON_LOG, (True, True): POISSON_LOG_FULL, (False, False): POISSON,
+                  (False, True): POISSON_FULL}
+
+
+@D.on_input_device
+def poisson_nll(x, t, log_input, full, eps, reduction, grad):
+    """poisson_nll_loss: ``exp(x) - t x`` (log_input) or ``x - t log(x + eps)``, plus Stirling's term (full)."""
+    return _run(_POISSON_KINDS[bool(log_input), bool(full)], x, t, reduction, grad, a=eps)
+
+
+def _constant(value, like):
+    """A one-element device array of ``like``'s dtype and library holding ``value``."""
+    host = np.full((1,), value, dtype=np.dtype(like.dtype))
+    if D.is_cupy(like):
+        return D._cupy().asarray(host)
+    return cuda.to_device(host)
+
+
+@D.on_input_device
+def gaussian_nll(x, t, var, full, eps, reduction, grad):
+    """gaussian_nll_loss (see the CPU driver); ``var`` a float or a device array of a shape torch accepts.
+
+    The gradient w.r.t. an array ``var`` is a second pass (GAUSSIAN_VAR) over the broadcast, summed
+    over the one axis along which ``var`` broadcasts (if any).
+    """
+    x = D.contiguous(x)
+    scalar = not hasattr(var, "shape")
+    if scalar:
+        vb = _constant(var, x)
+    else:
+        vb = D.contiguous(var)
+        if tuple(vb.shape) != tuple(x.shape) and tuple(vb.shape) == tuple(x.shape[:-1]):
+            vb = D.reshape(vb, tuple(vb.shape) + (1,))
+    result = _run(GAUSSIAN_FULL if full else GAUSSIAN, x, t, reduction, grad, a=eps, pos_weight=vb)
+    if grad is None or scalar:
+        return result
+    value, (gx,) = result
+    gvar = grad.out_for(1, var)
+    same = tuple(vb.shape) == tuple(x.shape)
+    buf = gvar if same else D.empty(x.shape, x.dtype, x)
+    store = reduction == "none"
+    divisor = 1.0 if reduction != "mean" else float(x.size)
+    _pass(GAUSSIAN_VAR, x, t, a=eps, pos_weight=vb, gout=buf, gscale=_ratio(1.0, divisor),
+          inc=grad.incoming(tuple(x.shape) if store else (), x))
+    if not same:
+        axis = next(k for k, (m, n) in enumerate(zip(vb.shape, x.shape)) if m != n)
+        _sum_axis(buf, axis, gvar)
+    return value, (gx, gvar)
+
+
+@D.on_input_device
+def soft_margin(x, t, reduction, grad):
+    """soft_margin_loss: ``log(1 + exp(-t x))``, evaluated without overflow."""
+    return _run(SOFT_MARGIN, x, t, reduction, grad)
+
+
+@D.on_input_device
+def multilabel_soft_margin(x, t, w, reduction, grad):
+    """multilabel_soft_margin_loss: per row the mean over the last axis of the weighted BCE of logits."""
+    x = D.contiguous(x)
+    shape = tuple(x.shape)
+    n_classes = shape[-1]
+    gout = grad.out_for(0, x) if grad is not None else None
+    if reduction == "none":
+        rows = shape[:-1]
+        vout = D.empty(shape, x.dtype, x)
+        inc = None
+        if grad is not None:
+            inc = grad.incoming(rows, x)
+            if inc.step > 0:  # one value per row: spread along the classes
+                per_row = D.reshape(inc.values, rows + (1,))
+                full = D.contiguous(D.broadcast_to(per_row, shape))
+                inc = D.Incoming(inc.scale, D.reshape(full, (full.size,)), 1)
+        _pass(BCE_LOGITS, x, t, weight=w, vout=vout, gout=gout, gscale=_ratio(1.0, n_classes), inc=inc)
+        value = D.empty(rows, x.dtype, x)
+        _sum_axis(vout, len(shape) - 1, value, _ratio(1.0, n_classes))
+    else:
+        divisor = float(n_classes if reduction == "sum" else x.size)
+        parts = _pass(BCE_LOGITS, x, t, weight=w, gout=gout, gscale=_ratio(1.0, divisor),
+                      inc=grad.incoming((), x) if grad is not None else None)
+        out = D.result_buffer(x)
+        D.finish_sum(parts, out, den=divisor)
+        value = D.scalar_view(out)
+    return value if grad is None else (value, (gout,))
+
+
+@D.on_input_device
+def sigmoid_focal(x, t, alpha, gamma, reduction, grad):
+    """torchvision's sigmoid_focal_loss: ``alpha_t (1 - p_t)**gamma bce_with_logits(x, t)``."""
+    return _run(SIGMOID_FOCAL, x, t, reduction, grad, a=gamma, pos_weight=_constant(alpha, x))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ twin, the tests and benchmarks) reaches through ``fastloss.families.pointwise``.
 """
 from .blocks import _DIRECT, P, P32, _bce_logits_chunk  # noqa: F401
 from .cases import BENCH, CASES  # noqa: F401
-from .drivers import (_fused, _run, bce, bce_logits, huber, kl_div, l1, mape, mse, penalty,  # noqa: F401
-                      rmse, smooth_l1, values_outside_unit_interval)
+from .drivers import (_fused, _run, bce, bce_logits, gaussian_nll, huber, kl_div, l1, mape, mse,  # noqa: F401
+                      multilabel_soft_margin, penalty, poisson_nll, rmse, sigmoid_focal, smooth_l1, soft_margin,
+                      values_outside_unit_interval)
 from .logloss import log_loss  # noqa: F401
 from .loops import BLOCK, MAX_CHUNKS, MIN_CHUNK, _run_chunks  # noqa: F401
 from .points import *  # noqa: F401,F403  (the one-point functions, by name)

@@ -141,6 +141,83 @@ def _penalty_cases(rng, dtype):
             for s, lam in zip(_SHAPES, (1.0, 0.5, 2.0, 1e-3))]
 
 
+def _counts(rng, shape, dtype, lam=2.0):
+    """Poisson counts (0, 1 and values above 1, for Stirling's term) as floats."""
+    return np.asarray(rng.poisson(lam, shape), dtype=dtype)
+
+
+def _poisson_nll_cases(rng, dtype):
+    cases = []
+    options = [{}, {"full": True}, {"log_input": False}, {"log_input": False, "full": True, "eps": 1e-3}]
+    for shape in _SHAPES:
+        for reduction in _REDUCTIONS:
+            opts = options[len(cases) % len(options)]
+            x = (_normal(rng, shape, dtype) if opts.get("log_input", True)
+                 else _uniform(rng, shape, dtype, 0.1, 4.0))
+            cases.append(Case((x, _counts(rng, shape, dtype)), dict(opts, reduction=reduction),
+                              f"{shape}-{reduction}-{'-'.join(f'{k}={v}' for k, v in opts.items())}"))
+    x = _uniform(rng, (6, 5), dtype, 0.1, 4.0)
+    t = _counts(rng, (6, 5), dtype, 3.0)
+    for opts in options:
+        cases.append(Case((x if not opts.get("log_input", True) else x - 1.0, t), opts, f"(6, 5)-{opts}"))
+    return cases
+
+
+def _gaussian_nll_cases(rng, dtype):
+    """var over each shape torch accepts (and a float); var stays well above eps, where the clamp is
+    differentiable (tests/test_pointwise.py checks the clamp against torch)."""
+    cases = []
+    for shape, var_shapes in (((7,), [(7,), (), (1,)]), ((4, 5), [(4, 5), (4,), (4, 1), (1, 5)]),
+                              ((2, 3, 4), [(2, 3, 4), (2, 3), (2, 1, 4), (2, 3, 1)])):
+        for k, var_shape in enumerate(var_shapes):
+            for reduction in _REDUCTIONS:
+                x, t = _normal(rng, shape, dtype), _normal(rng, shape, dtype)
+                var = _uniform(rng, var_shape, dtype, 0.2, 2.0) if var_shape != () else 0.7
+                kwargs = {"reduction": reduction, "full": bool((k + len(cases)) % 2)}
+                cases.append(Case((x, t, var), kwargs, f"{shape}-var{var_shape or 'float'}-{reduction}"))
+    x, t = _normal(rng, (5,), dtype), _normal(rng, (5,), dtype)
+    cases.append(Case((x, t, _uniform(rng, (5,), dtype, 0.3, 1.0)), {"eps": 0.1}, "eps=0.1"))
+    cases.append(Case((_normal(rng, (), dtype), _normal(rng, (), dtype), 1.5), {}, "0-d-float-var"))
+    return cases
+
+
+def _soft_margin_cases(rng, dtype):
+    cases = []
+    for shape in _SHAPES:
+        for reduction in _REDUCTIONS:
+            y = np.asarray(rng.choice([-1.0, 1.0], size=shape), dtype=dtype)
+            cases.append(Case((_normal(rng, shape, dtype, 2.0), y), {"reduction": reduction}, f"{shape}-{reduction}"))
+    return cases
+
+
+def _multilabel_soft_margin_cases(rng, dtype):
+    cases = []
+    for shape in ((5,), (6, 4), (3, 7)):
+        for reduction in _REDUCTIONS:
+            x = _normal(rng, shape, dtype, 2.0)
+            t = np.asarray(rng.uniform(size=shape) < 0.4, dtype=dtype)
+            cases.append(Case((x, t), {"reduction": reduction}, f"{shape}-{reduction}"))
+            w = _uniform(rng, shape[-1:], dtype, 0.2, 2.0)
+            cases.append(Case((x, t), {"weight": w, "reduction": reduction}, f"{shape}-{reduction}-weight"))
+    return cases
+
+
+def _sigmoid_focal_cases(rng, dtype):
+    cases = []
+    options = [{}, {"alpha": -1.0}, {"alpha": 0.5, "gamma": 0.0}, {"gamma": 1.5}, {"alpha": 0.75, "gamma": 3.0},
+               {"gamma": 1.0}]
+    for shape in _SHAPES:
+        for reduction in _REDUCTIONS:
+            opts = options[len(cases) % len(options)]
+            x = _normal(rng, shape, dtype, 3.0)
+            t = np.asarray(rng.uniform(size=shape) < 0.3, dtype=dtype)
+            cases.append(Case((x, t), dict(opts, reduction=reduction), f"{shape}-{reduction}-{opts}"))
+    x, t = _normal(rng, (4, 6), dtype, 3.0), _uniform(rng, (4, 6), dtype)
+    for opts in options:
+        cases.append(Case((x, t), dict(opts, reduction="mean"), f"soft-targets-{opts}"))
+    return cases
+
+
 CASES = {
     "l1_loss": lambda rng, dtype: _regression_cases(rng, dtype, weighted=True),
     "mse_loss": lambda rng, dtype: _regression_cases(rng, dtype, weighted=True),
@@ -156,6 +233,11 @@ CASES = {
     "log_loss": _log_loss_cases,
     "l1_penalty": _penalty_cases,
     "l2_penalty": _penalty_cases,
+    "poisson_nll_loss": _poisson_nll_cases,
+    "gaussian_nll_loss": _gaussian_nll_cases,
+    "soft_margin_loss": _soft_margin_cases,
+    "multilabel_soft_margin_loss": _multilabel_soft_margin_cases,
+    "sigmoid_focal_loss": _sigmoid_focal_cases,
 }
 
 
@@ -194,10 +276,37 @@ def _bench_penalty(rng, dtype, size):
     return Case((_normal(rng, size, dtype),), {"lam": 1e-3}, f"n={size}")
 
 
+def _bench_poisson(rng, dtype, size):
+    return Case((_normal(rng, size, dtype), _counts(rng, size, dtype)), {}, f"n={size}")
+
+
+def _bench_gaussian(rng, dtype, size):
+    return Case((_normal(rng, size, dtype), _normal(rng, size, dtype), _uniform(rng, size, dtype, 0.2, 2.0)), {},
+                f"n={size}")
+
+
+def _bench_soft_margin(rng, dtype, size):
+    return Case((_normal(rng, size, dtype, 2.0), np.asarray(rng.choice([-1.0, 1.0], size=size), dtype=dtype)), {},
+                f"n={size}")
+
+
+def _bench_multilabel(rng, dtype, size):
+    cols = 100 if size >= 100 else size
+    shape = (max(1, size // cols), cols)
+    return Case((_normal(rng, shape, dtype, 2.0), (rng.uniform(size=shape) < 0.1).astype(dtype)), {}, f"{shape}")
+
+
+def _bench_focal(rng, dtype, size):
+    return Case((_normal(rng, size, dtype, 3.0), (rng.uniform(size=size) < 0.1).astype(dtype)), {"reduction": "mean"},
+                f"n={size}")
+
+
 BENCH = {
     "l1_loss": _bench_regression, "mse_loss": _bench_regression, "smooth_l1_loss": _bench_regression,
     "huber_loss": _bench_regression, "mape_loss": _bench_regression, "rmse_loss": _bench_regression,
     "binary_cross_entropy": _bench_probabilities, "binary_cross_entropy_with_logits": _bench_logits,
     "kl_div": _bench_kl_div, "log_loss": _bench_log_loss, "l1_penalty": _bench_penalty,
-    "l2_penalty": _bench_penalty,
+    "l2_penalty": _bench_penalty, "poisson_nll_loss": _bench_poisson, "gaussian_nll_loss": _bench_gaussian,
+    "soft_margin_loss": _bench_soft_margin, "multilabel_soft_margin_loss": _bench_multilabel,
+    "sigmoid_focal_loss": _bench_focal,
 }

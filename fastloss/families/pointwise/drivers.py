@@ -6,9 +6,12 @@ import math
 import numpy as np
 
 from ..._dispatch import scalar_result
-from .blocks import (_DIRECT, _bce_chunk, _bce_logits_chunk, _bce_logits_f32_chunk, _huber_chunk,
-                     _kl_div_chunk, _kl_div_log_target_chunk, _l1_chunk, _mape_chunk, _mse_chunk,
-                     _smooth_l1_chunk)
+from .blocks import (_DIRECT, _bce_chunk, _bce_logits_chunk, _bce_logits_f32_chunk, _gaussian_nll_chunk,
+                     _gaussian_nll_full_chunk, _gaussian_nll_var_chunk, _huber_chunk, _kl_div_chunk,
+                     _kl_div_log_target_chunk, _l1_chunk, _mape_chunk, _mse_chunk, _poisson_nll_chunk,
+                     _poisson_nll_full_chunk, _poisson_nll_log_chunk, _poisson_nll_log_full_chunk,
+                     _sigmoid_focal_chunk, _sigmoid_focal_f32_chunk, _smooth_l1_chunk, _soft_margin_chunk,
+                     _soft_margin_f32_chunk)
 from .loops import (_broadcast_operand, _constant_operand, _flat, _nchunks, _outside_unit_interval_chunk,
                     _run_chunks, _sum_chunk)
 
@@ -156,3 +159,85 @@ def penalty(w, lam, p, grad):
 def values_outside_unit_interval(a) -> int:
     """How many elements of the NumPy array ``a`` lie below 0 or above 1 (NaN not counted); one pass."""
     return sum(_run_chunks(_outside_unit_interval_chunk, _nchunks(a.size), _flat(a)))
+
+
+_POISSON = {(True, False): _poisson_nll_log_chunk, (True, True): _poisson_nll_log_full_chunk,
+            (False, False): _poisson_nll_chunk, (False, True): _poisson_nll_full_chunk}
+
+
+def poisson_nll(x, t, log_input, full, eps, reduction, grad):
+    """poisson_nll_loss: ``exp(x) - t x`` (log_input) or ``x - t log(x + eps)``, plus Stirling's term of
+    ``log(t!)`` where ``t > 1`` (full)."""
+    return _run(_POISSON[bool(log_input), bool(full)], x, t, reduction, grad, a=eps)
+
+
+def gaussian_var_operand(x, var):
+    """``var`` (a float, or an array of one of the shapes torch accepts) as an array that broadcasts to
+    ``x``: a 0-d array of x's dtype for a float; ``var[..., None]`` for ``x.shape[:-1]`` (torch's
+    unsqueeze); the array itself otherwise."""
+    if not hasattr(var, "shape"):
+        return np.asarray(var, dtype=x.dtype)
+    if tuple(var.shape) != tuple(x.shape) and tuple(var.shape) == tuple(x.shape[:-1]):
+        return var.reshape(tuple(var.shape) + (1,))
+    return var
+
+
+def gaussian_nll(x, t, var, full, eps, reduction, grad):
+    """gaussian_nll_loss: ``0.5 (log(max(v, eps)) + (x - t)**2 / max(v, eps))`` (+ 0.5 log(2 pi), full).
+
+    ``var``: a float (gradient w.r.t. ``x`` alone) or an array (gradients w.r.t. ``(x, var)``). The
+    gradient w.r.t. var is a second pass over the broadcast, summed over var's broadcast axes.
+    """
+    vb = gaussian_var_operand(x, var)
+    chunk = _gaussian_nll_full_chunk if full else _gaussian_nll_chunk
+    result = _run(chunk, x, t, reduction, grad, a=eps, pos_weight=vb)
+    if grad is None or not hasattr(var, "shape"):
+        return result
+    value, (gx,) = result
+    gvar = grad.out_for(1, var)
+    same = tuple(vb.shape) == tuple(x.shape)
+    buf = gvar if same else np.empty(x.shape, dtype=x.dtype)
+    if reduction == "none":
+        _fused(_gaussian_nll_var_chunk, x, t, a=eps, pos_weight=vb, grad_output=grad.array(x.shape, x.dtype),
+               gscale=1.0, gout=buf)
+    else:
+        divisor = 1.0 if reduction == "sum" else float(x.size)
+        _fused(_gaussian_nll_var_chunk, x, t, a=eps, pos_weight=vb, gscale=_ratio(grad.scalar(), divisor),
+               gout=buf)
+    if not same:
+        axes = tuple(k for k, (m, n) in enumerate(zip(vb.shape, x.shape)) if m != n)
+        gvar.reshape(vb.shape)[...] = buf.sum(axis=axes, keepdims=True, dtype=np.float64)
+    return value, (gx, gvar)
+
+
+def soft_margin(x, t, reduction, grad):
+    """soft_margin_loss: ``log(1 + exp(-t x))``, evaluated without overflow."""
+    return _run(_soft_margin_f32_chunk if x.dtype == np.float32 else _soft_margin_chunk, x, t, reduction, grad)
+
+
+def multilabel_soft_margin(x, t, w, reduction, grad):
+    """multilabel_soft_margin_loss: per row, the mean over the classes (last axis) of the weighted BCE of
+    logits; then 'none' (one value per row), 'mean' over rows or 'sum'."""
+    chunk = _bce_logits_f32_chunk if x.dtype == np.float32 else _bce_logits_chunk
+    n_classes = x.shape[-1]
+    gout = grad.out_for(0, x) if grad is not None else None
+    if reduction == "none":
+        values = np.empty(x.shape, dtype=x.dtype)
+        # grad_output has one value per row: as (..., 1) it is a broadcast operand without a copy
+        go = grad.array(x.shape[:-1], x.dtype)[..., None] if grad is not None else None
+        _fused(chunk, x, t, weight=w, values=values, grad_output=go, gscale=_ratio(1.0, n_classes), gout=gout)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = (values.sum(axis=-1, dtype=np.float64) / n_classes).astype(x.dtype)
+    else:
+        divisor = float(n_classes if reduction == "sum" else x.size)
+        gscale = _ratio(grad.scalar(), divisor) if grad is not None else 0.0
+        total = _fused(chunk, x, t, weight=w, gscale=gscale, gout=gout)
+        value = scalar_result(_ratio(total, divisor), x.dtype)
+    return value if grad is None else (value, (gout,))
+
+
+def sigmoid_focal(x, t, alpha, gamma, reduction, grad):
+    """torchvision's sigmoid_focal_loss: ``alpha_t (1 - p_t)**gamma bce_with_logits(x, t)``."""
+    chunk = _sigmoid_focal_f32_chunk if x.dtype == np.float32 else _sigmoid_focal_chunk
+    return _run(chunk, x, t, reduction, grad, a=gamma,
+                pos_weight=np.asarray(alpha, dtype=x.dtype))

@@ -38,7 +38,10 @@ MAPE_EPS = 2.220446049250313e-16
 #: ZERO and ONE are the literals of the functions that also serve float32 arithmetic (BCE with logits):
 #: compiled with float32 ZERO / ONE (see P32), they keep float32 operands in float32.
 ZERO, ONE, NEG_INF = 0.0, 1.0, -math.inf
+#: 0.5 log(2 pi): the constant term of the Gaussian NLL (full=True) and of Stirling's approximation.
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 POINT_CONSTANTS = {"BCE_LOG_FLOOR": BCE_LOG_FLOOR, "BCE_GRAD_EPS": BCE_GRAD_EPS, "MAPE_EPS": MAPE_EPS,
+                   "HALF_LOG_2PI": HALF_LOG_2PI,
                    "ZERO": ZERO, "ONE": ONE, "NEG_INF": NEG_INF}
 
 
@@ -241,6 +244,147 @@ def kl_div_log_target_point_grad(x, t):
     return -exp(t)
 
 
+# --- poisson_nll_loss -------------------------------------------------------------------------------
+def stirling_point(t):
+    """Stirling's term t log(t) - t + 0.5 log(2 pi t) of log(t!), 0 where t <= 1 (torch's full=True)."""
+    if t <= 1.0:
+        return 0.0
+    return t * log(t) - t + 0.5 * log(t) + HALF_LOG_2PI
+
+
+def poisson_nll_log_point(x, t):
+    """Poisson NLL of a log-rate x (log_input=True): exp(x) - t x."""
+    return exp(x) - t * x
+
+
+def poisson_nll_log_point_grad(x, t):
+    """d / dx = exp(x) - t."""
+    return exp(x) - t
+
+
+def poisson_nll_point(x, t, eps):
+    """Poisson NLL of a rate x (log_input=False): x - t log(x + eps)."""
+    return x - t * log(x + eps)
+
+
+def poisson_nll_point_grad(x, t, eps):
+    """d / dx = 1 - t / (x + eps)."""
+    return 1.0 - t / (x + eps)
+
+
+def poisson_nll_log_full_point(x, t):
+    """poisson_nll_log_point plus Stirling's term (full=True)."""
+    return poisson_nll_log_point(x, t) + stirling_point(t)
+
+
+def poisson_nll_full_point(x, t, eps):
+    """poisson_nll_point plus Stirling's term (full=True)."""
+    return poisson_nll_point(x, t, eps) + stirling_point(t)
+
+
+# --- gaussian_nll_loss ------------------------------------------------------------------------------
+# torch clamps var at eps in place under no_grad: the value sees max(var, eps), the gradient passes
+# straight through the clamp (the derivatives below are taken at the clamped variance, times 1).
+def gaussian_nll_point(r, v, eps):
+    """0.5 (log(max(v, eps)) + r**2 / max(v, eps)) of the residual r = input - target and variance v."""
+    vc = clamp_below(v, eps)
+    return 0.5 * (log(vc) + r * r / vc)
+
+
+def gaussian_nll_full_point(r, v, eps):
+    """gaussian_nll_point plus 0.5 log(2 pi) (full=True)."""
+    return gaussian_nll_point(r, v, eps) + HALF_LOG_2PI
+
+
+def gaussian_nll_point_grad(r, v, eps):
+    """d / d input = r / max(v, eps)."""
+    return r / clamp_below(v, eps)
+
+
+def gaussian_nll_point_grad_var(r, v, eps):
+    """d / d var = 0.5 (1 / vc - r**2 / vc**2) at vc = max(v, eps) (straight through the clamp)."""
+    vc = clamp_below(v, eps)
+    return 0.5 * (1.0 - r * r / vc) / vc
+
+
+# --- soft_margin_loss -------------------------------------------------------------------------------
+def soft_margin_point_e(x, y, e):
+    """log(1 + exp(-y x)) = -log_sigmoid(y x) given e = exp(-|y x|); never overflows (torch's
+    log1p(exp(.)) does)."""
+    return -log_sigmoid_point_e(y * x, e)
+
+
+def soft_margin_point_grad_e(x, y, e):
+    """d / dx = -y sigmoid(-y x), given e = exp(-|y x|)."""
+    return -y * sigmoid_point_e(-(y * x), e)
+
+
+def soft_margin_point(x, y):
+    """log(1 + exp(-y x)) (see soft_margin_point_e)."""
+    return soft_margin_point_e(x, y, exp_neg_abs_point(y * x))
+
+
+def soft_margin_point_grad(x, y):
+    """d / dx = -y sigmoid(-y x)."""
+    return soft_margin_point_grad_e(x, y, exp_neg_abs_point(y * x))
+
+
+# --- sigmoid_focal_loss (torchvision.ops) -----------------------------------------------------------
+# Written with ZERO / ONE (not 0.0 / 1.0) so that the float32 compilation (P32) stays in float32.
+def focal_power(q, gamma):
+    """q ** gamma for q >= 0 (q * q for the usual gamma = 2; 1 for gamma = 0, 0 ** 0 included); NaN for
+    q < 0, as torch.pow of a negative base."""
+    if gamma == 2.0:
+        return q * q
+    if gamma == 0.0:
+        return ONE + ZERO * q
+    if q == ZERO:
+        return q
+    return exp(gamma * log(q))
+
+
+def focal_alpha_t(t, alpha):
+    """alpha t + (1 - alpha)(1 - t), or 1 where alpha < 0 (the weighting off)."""
+    if alpha < ZERO:
+        return ONE + ZERO * t
+    return alpha * t + (ONE - alpha) * (ONE - t)
+
+
+def focal_q_e(x, t, e):
+    """1 - p_t = sigmoid(x) (1 - t) + sigmoid(-x) t, given e = exp(-|x|), without the cancellation of
+    1 - p_t where p_t is close to 1."""
+    return sigmoid_point_e(x, e) * (ONE - t) + sigmoid_point_e(-x, e) * t
+
+
+def sigmoid_focal_point_e(x, t, alpha, gamma, e):
+    """alpha_t (1 - p_t)**gamma bce_with_logits(x, t), p_t = p t + (1 - p)(1 - t), p = sigmoid(x), given
+    e = exp(-|x|)."""
+    ce = bce_logits_point_e(x, t, ONE, e)
+    return focal_alpha_t(t, alpha) * ce * focal_power(focal_q_e(x, t, e), gamma)
+
+
+def sigmoid_focal_point_grad_e(x, t, alpha, gamma, e):
+    """d / dx = alpha_t ((p - t) q**gamma + ce gamma q**(gamma - 1) p (1 - p) (1 - 2 t)), q = 1 - p_t,
+    given e = exp(-|x|). The second term is 0 where q == 0 (p (1 - p) is 0 there too)."""
+    s = sigmoid_point_e(x, e)
+    sm = sigmoid_point_e(-x, e)
+    q = s * (ONE - t) + sm * t
+    qg = focal_power(q, gamma)
+    g = (s - t) * qg
+    if q > ZERO and gamma != 0.0:
+        g += bce_logits_point_e(x, t, ONE, e) * (gamma * (qg / q)) * (s * sm) * (ONE - (t + t))
+    return focal_alpha_t(t, alpha) * g
+
+
+def sigmoid_focal_point(x, t, alpha, gamma):
+    """The focal loss of logit x (see sigmoid_focal_point_e)."""
+    return sigmoid_focal_point_e(x, t, alpha, gamma, exp_neg_abs_point(x))
+
+
+def sigmoid_focal_point_grad(x, t, alpha, gamma):
+    """d focal / dx (see sigmoid_focal_point_grad_e)."""
+    return sigmoid_focal_point_grad_e(x, t, alpha, gamma, exp_neg_abs_point(x))
+
 #: Every one-point function, in dependency order (helpers before their callers). The CUDA twin compiles
 #: exactly these with ``compile_point_functions(cuda.jit(device=True), {...})``.
 POINT_FUNCTIONS = (
@@ -251,6 +395,12 @@ POINT_FUNCTIONS = (
     mape_point, mape_point_grad, bce_point, bce_point_grad,
     bce_logits_point, bce_logits_point_grad,
     kl_div_point, kl_div_point_grad, kl_div_log_target_point, kl_div_log_target_point_grad,
+    stirling_point, poisson_nll_log_point, poisson_nll_log_point_grad, poisson_nll_point, poisson_nll_point_grad,
+    poisson_nll_log_full_point, poisson_nll_full_point,
+    gaussian_nll_point, gaussian_nll_full_point, gaussian_nll_point_grad, gaussian_nll_point_grad_var,
+    soft_margin_point_e, soft_margin_point_grad_e, soft_margin_point, soft_margin_point_grad,
+    focal_power, focal_alpha_t, focal_q_e, sigmoid_focal_point_e, sigmoid_focal_point_grad_e,
+    sigmoid_focal_point, sigmoid_focal_point_grad,
 )
 
 
@@ -278,4 +428,4 @@ def compile_point_functions(compile_one, elementary, constants=None):
 
 #: What ``from .points import *`` gives the package: the one-point functions and their constants.
 __all__ = [fn.__name__ for fn in POINT_FUNCTIONS] + list(POINT_CONSTANTS) + [
-    "BCE_LOG_FLOOR", "BCE_GRAD_EPS", "MAPE_EPS", "POINT_CONSTANTS", "POINT_FUNCTIONS", "compile_point_functions"]
+    "BCE_LOG_FLOOR", "BCE_GRAD_EPS", "MAPE_EPS", "HALF_LOG_2PI", "POINT_CONSTANTS", "POINT_FUNCTIONS", "compile_point_functions"]

@@ -142,12 +142,82 @@ def ref_l2_penalty(w, lam=1.0, grad_output=None):
     return lam / 2 * np.sum(w * w), (go * lam * w,)
 
 
+def _expit(x):
+    """sigmoid without overflow."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def ref_poisson_nll_loss(input, target, log_input=True, full=False, eps=1e-8, reduction="mean", grad_output=None):
+    x, t = np.asarray(input, np.float64), np.asarray(target, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if log_input:
+            loss, d = np.exp(x) - t * x, np.exp(x) - t
+        else:
+            loss, d = x - t * np.log(x + eps), 1 - t / (x + eps)
+        if full:
+            loss = loss + np.where(t > 1, t * np.log(t) - t + 0.5 * np.log(2 * np.pi * t), 0.0)
+    return _ref_reduce(loss, d, reduction, grad_output)
+
+
+def ref_gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean", grad_output=None):
+    x, t = np.asarray(input, np.float64), np.asarray(target, np.float64)
+    scalar = not hasattr(var, "shape")
+    v = np.asarray(var, np.float64)
+    vb = v[..., None] if (not scalar and v.shape != x.shape and v.shape == x.shape[:-1]) else v
+    vc = np.maximum(vb, eps)
+    r = x - t
+    loss = 0.5 * (np.log(vc) + r * r / vc) + (0.5 * np.log(2 * np.pi) if full else 0.0)
+    value, (gx,) = _ref_reduce(loss, r / vc, reduction, grad_output)
+    if scalar:
+        return value, (gx,)
+    _, (gv,) = _ref_reduce(loss, np.broadcast_to(0.5 * (1 / vc - r * r / vc ** 2), x.shape), reduction, grad_output)
+    axes = tuple(k for k, (m, n) in enumerate(zip(vb.shape, x.shape)) if m != n)
+    return value, (gx, np.sum(gv, axis=axes, keepdims=True).reshape(v.shape))
+
+
+def ref_soft_margin_loss(input, target, reduction="mean", grad_output=None):
+    x, t = np.asarray(input, np.float64), np.asarray(target, np.float64)
+    return _ref_reduce(np.logaddexp(0.0, -t * x), -t * _expit(-t * x), reduction, grad_output)
+
+
+def ref_multilabel_soft_margin_loss(input, target, weight=None, reduction="mean", grad_output=None):
+    x, t, w = np.asarray(input, np.float64), np.asarray(target, np.float64), _w(weight, input)
+    n_classes = x.shape[-1]
+    loss = w * (t * np.logaddexp(0.0, -x) + (1 - t) * np.logaddexp(0.0, x))
+    d = w * (_expit(x) - t) / n_classes
+    rows = loss.sum(axis=-1) / n_classes
+    if reduction == "none":
+        go = 1.0 if grad_output is None else np.asarray(grad_output, np.float64)[..., None]
+        return rows, (go * d,)
+    go = 1.0 if grad_output is None else float(np.asarray(grad_output))
+    if reduction == "sum":
+        return np.float64(rows.sum()), (go * d,)
+    return np.float64(rows.mean()), (go * d / rows.size,)
+
+
+def ref_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none", grad_output=None):
+    x, t = np.asarray(inputs, np.float64), np.asarray(targets, np.float64)
+    p, pm = _expit(x), _expit(-x)
+    ce = (1 - t) * np.maximum(x, 0) + t * np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))  # softplus(x) - t x
+    q = p * (1 - t) + pm * t  # 1 - p_t
+    at = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dq = np.where(q > 0, gamma * q ** (gamma - 1), 0.0) if gamma != 0 else np.zeros_like(x)
+    loss = at * ce * q ** gamma
+    d = at * ((p - t) * q ** gamma + ce * dq * p * pm * (1 - 2 * t))
+    return _ref_reduce(loss, d, reduction, grad_output)
+
+
 REFERENCE = {
     "l1_loss": ref_l1_loss, "mse_loss": ref_mse_loss, "smooth_l1_loss": ref_smooth_l1_loss,
     "huber_loss": ref_huber_loss, "mape_loss": ref_mape_loss, "rmse_loss": ref_rmse_loss,
     "binary_cross_entropy": ref_binary_cross_entropy,
     "binary_cross_entropy_with_logits": ref_binary_cross_entropy_with_logits,
     "kl_div": ref_kl_div, "log_loss": ref_log_loss, "l1_penalty": ref_l1_penalty, "l2_penalty": ref_l2_penalty,
+    "poisson_nll_loss": ref_poisson_nll_loss, "gaussian_nll_loss": ref_gaussian_nll_loss,
+    "soft_margin_loss": ref_soft_margin_loss, "multilabel_soft_margin_loss": ref_multilabel_soft_margin_loss,
+    "sigmoid_focal_loss": ref_sigmoid_focal_loss,
 }
 
 
@@ -165,10 +235,22 @@ def torch_rmse_loss(torch, input, target):
     return torch.sqrt(torch.nn.functional.mse_loss(input, target))
 
 
+def torch_sigmoid_focal_loss(torch, inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss as its documentation defines it (torchvision need not be installed)."""
+    p = torch.sigmoid(inputs)
+    ce_loss = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _torch_reduce(loss, reduction)
+
+
 TORCH = {
     "mape_loss": torch_mape_loss,
     "rmse_loss": torch_rmse_loss,
     "l1_penalty": lambda torch, w, lam=1.0: lam * torch.sum(torch.abs(w)),
     "l2_penalty": lambda torch, w, lam=1.0: lam / 2 * torch.sum(w * w),
+    "sigmoid_focal_loss": torch_sigmoid_focal_loss,
     "log_loss": None,  # tested against sklearn.metrics.log_loss in tests/test_pointwise.py
 }

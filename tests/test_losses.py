@@ -47,7 +47,8 @@ def test_every_loss_is_complete():
         "softmax", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "hinge_embedding_loss",
         "margin_ranking_loss", "cosine_embedding_loss", "triplet_margin_loss", "mape_loss", "rmse_loss",
         "log_loss", "l1_penalty", "l2_penalty", "linear_cross_entropy", "multi_margin_loss",
-        "multilabel_margin_loss", "ctc_loss",
+        "multilabel_margin_loss", "ctc_loss", "poisson_nll_loss", "gaussian_nll_loss", "soft_margin_loss",
+        "multilabel_soft_margin_loss", "sigmoid_focal_loss",
     }
     assert set(REGISTRY) == spec_names
     for name, spec in REGISTRY.items():

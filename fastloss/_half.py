@@ -18,6 +18,8 @@ converted on their device.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 F16 = np.dtype(np.float16)
@@ -61,7 +63,7 @@ def _down(a):
     """A float32 result rounded to float16 (a reduced device result keeps its ``float()``)."""
     if np.dtype(a.dtype) != F32:  # a float64 partial sum of the Dask backend stays exact
         return a
-    if isinstance(a, np.ndarray):
+    if isinstance(a, (np.ndarray, np.generic)):
         return a.astype(F16)
     from . import _cuda_arrays
 
@@ -117,10 +119,12 @@ def call(fn, spec, args, kwargs, grad):
 
 
 def _diff_inputs(spec, args, kwargs) -> list:
-    """The differentiated inputs present in the call, in ``spec.diff`` order (as the kernels' grads)."""
+    """The differentiated inputs present in the call, in ``spec.diff`` order (as the kernels' grads):
+    an optional one left out (None) or given as a number (``gaussian_nll_loss``'s float ``var``) has no
+    gradient."""
     found = []
     for name, pos in zip(spec.diff, spec.diff_positions):
         a = args[pos] if pos is not None and pos < len(args) else kwargs.get(name)
-        if a is not None:
+        if a is not None and not isinstance(a, (numbers.Number, np.generic)):
             found.append(a)
     return found

@@ -133,9 +133,19 @@ def test_against_torch_float16(spec, dtype, case):
         pytest.skip("PyTorch has no float16 CPU kernel for this loss")
     tvalue, tgrads = got
     value, grads = fl.value_and_grad(spec.fn)(*case.args, grad_output=grad_output, **case.kwargs)
-    assert_half_close(value, tvalue, f"{spec.name} value vs torch", rtol=8 * RTOL)
-    for g, tg in zip(_as_tuple(grads, len(tgrads)), tgrads):
-        assert_half_close(g, tg, f"{spec.name} grad vs torch", rtol=8 * RTOL)
+    ref_value, ref_grads = _reference(spec, case, grad_output=grad_output.astype(np.float64))
+    pairs = [(value, tvalue, ref_value, "value")]
+    pairs += [(g, tg, rg, "grad") for g, tg, rg in zip(_as_tuple(grads, len(tgrads)), tgrads, ref_grads)]
+    for ours, theirs, exact, what in pairs:
+        try:
+            assert_half_close(ours, theirs, f"{spec.name} {what} vs torch", rtol=8 * RTOL)
+        except AssertionError:
+            # where PyTorch's float16 arithmetic loses more (e.g. focal loss's 1 - p_t), fastloss must
+            # be the closer of the two to the exact result
+            err = np.nanmax(np.abs(np.float64(ours) - exact), initial=0.0)
+            terr = np.nanmax(np.abs(np.float64(theirs) - exact), initial=0.0)
+            if not err < terr:
+                raise
 
 
 def test_accumulation_is_not_float16():

@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._dispatch import is_dask_array
+
 
 @dataclass(frozen=True)
 class Case:
@@ -188,12 +190,20 @@ def loss(*, diff, family):
     return deco
 
 
-def _has_dask(args, kwargs, grad) -> bool:
-    from ._dispatch import is_dask_array
+#: Argument types that are never Dask arrays: skipped without a look at their class hierarchy (this runs
+#: on every call).
+_PLAIN = frozenset({np.ndarray, type(None), bool, int, float, str})
 
-    if grad is not None and is_dask_array(grad.grad_output):
-        return True
-    return any(is_dask_array(a) for a in args) or any(is_dask_array(a) for a in kwargs.values())
+
+def _has_dask(args, kwargs, grad) -> bool:
+    plain = _PLAIN
+    for a in args:
+        if type(a) not in plain and is_dask_array(a):
+            return True
+    for a in kwargs.values():
+        if type(a) not in plain and is_dask_array(a):
+            return True
+    return grad is not None and type(grad.grad_output) not in plain and is_dask_array(grad.grad_output)
 
 
 def _spec_of(f) -> LossSpec:

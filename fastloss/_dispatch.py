@@ -63,10 +63,13 @@ def prepare(**arrays):
 
     Returns ``(backend, list_of_arrays)`` in argument order; ``None`` stays ``None``.
     """
-    values = arrays.values()
+    values = list(arrays.values())
     ndarray = np.ndarray
-    if all(a is None or type(a) is ndarray for a in values):  # the common case, without any probing
-        return CPU, list(values)
+    for a in values:
+        if a is not None and type(a) is not ndarray:
+            break
+    else:  # the common case, without any probing (a plain loop: this runs on every call)
+        return CPU, values
     backend = backend_of(**arrays)
     if backend == CPU:
         return backend, [None if a is None else as_host_array(a) for a in arrays.values()]
@@ -91,11 +94,15 @@ def family(backend: str, name: str):
 
 # Set (per thread) by the Dask backend while it runs a loss on one chunk: the chunk's reduced value is
 # then its float64 partial sum, which fastloss._dask adds up exactly before rounding to the dtype.
-float64_partials = threading.local()
+class _Partials(threading.local):
+    on = False  # the default as a class attribute: reading it raises and catches nothing
+
+
+float64_partials = _Partials()
 
 
 def scalar_result(value, dtype):
     """A reduced loss as a 0-d NumPy array of the input's dtype (``float(result)`` works)."""
-    if getattr(float64_partials, "on", False):
+    if float64_partials.on:
         return np.array(value, dtype=np.float64)
     return np.array(value, dtype=dtype)

@@ -32,17 +32,6 @@ def is_half(a) -> bool:
     return dt is not None and getattr(dt, "char", None) == "e" and not isinstance(a, np.generic)
 
 
-def involved(args, kwargs, grad) -> bool:
-    """Does the call hold a float16 array (an argument, ``grad_output`` or an ``out=`` buffer)?"""
-    for a in args:
-        if is_half(a):
-            return True
-    for a in kwargs.values():
-        if is_half(a):
-            return True
-    return grad is not None and is_half(grad.grad_output)
-
-
 def _astype(a, dtype):
     if isinstance(a, np.ndarray):
         return a.astype(dtype)

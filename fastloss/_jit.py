@@ -50,18 +50,119 @@ FASTMATH = frozenset({"reassoc", "contract", "arcp", "afn", "nsz"})
 _COMMON = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 
 
+# --------------------------------------------------------------------------------------------------
+# Cache freshness
+# --------------------------------------------------------------------------------------------------
+# Numba's cache=True keeps a compiled kernel as long as the kernel's own source file is unchanged, but
+# a kernel inlines the one-point maths of _math.py and, in a family package (families/NAME/), the
+# primitives of its sibling modules: an edit there would leave stale machine code in use. fastloss's
+# kernels are therefore stamped with the hashes of those files too.
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+_FAMILIES = os.path.join(_ROOT, "families")
+
+
+def _source_files(py_file: str) -> list[str]:
+    """The files whose contents a cached kernel defined in ``py_file`` depends on, ``py_file`` first:
+    ``_math.py``, and every module of its family package when ``py_file`` is in one."""
+    py_file = os.path.abspath(py_file)
+    files = [py_file, os.path.join(_ROOT, "_math.py")]
+    here = os.path.dirname(py_file)
+    if os.path.dirname(here) == _FAMILIES:
+        files += sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py"))
+    return list(dict.fromkeys(files))
+
+
+def _install_cache_locators() -> None:
+    from numba.core import caching
+
+    def stamp(path):
+        st = os.stat(path)
+        return caching._hash_source_file(path, st.st_mtime, st.st_size)
+
+    # once per file and cache directory per process, not once per kernel (a family has dozens): the
+    # sources of an imported module do not change under it
+    stamps = {}
+    ready = set()
+
+    class _Dependencies:
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(_ROOT + os.sep):
+                return None  # not ours: Numba's own locators decide
+            return super().from_function(py_func, py_file)
+
+        def ensure_cache_path(self):
+            path = self.get_cache_path()
+            if path not in ready:
+                super().ensure_cache_path()
+                ready.add(path)
+
+        def get_source_stamp(self):
+            key = self._py_file
+            if key not in stamps:
+                stamps[key] = tuple(stamp(f) for f in _source_files(key))
+            return stamps[key]
+
+    bases = [getattr(caching, n, None) for n in ("UserProvidedCacheLocator", "InTreeCacheLocator",
+                                                 "UserWideCacheLocator")]
+    ours = [type(f"Fastloss{b.__name__}", (_Dependencies, b), {}) for b in bases if b is not None]
+    locators = caching.CacheImpl._locator_classes
+    if not any(c.__name__.startswith("Fastloss") for c in locators):
+        locators[:0] = ours
+
+
+try:
+    _install_cache_locators()
+except (ImportError, AttributeError):  # pragma: no cover - Numba internals moved: stamps are the source file's
+    pass
+
+
+# Loading a cached kernel. Numba refreshes its whole CPU target before it loads one: it imports every
+# implementation module it has (and SciPy's linalg, through numba.np.arraymath's BLAS probe) and
+# installs their registries, 0.3 s on a quiet machine and 2-3 s on a loaded one, spent by the first
+# call of any loss in a fresh process. Rebuilding cached machine code needs none of that, only the
+# runtime (NRT) the kernels allocate through; a compilation, which does need it, refreshes the target
+# itself. Kernels compiled through this module load their cache that way.
+def _make_quick_cache():
+    from numba.core import caching
+    from numba.core.runtime import rtsys
+
+    class QuickLoadCache(caching.FunctionCache):
+        def load_overload(self, sig, target_context):
+            rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
+    return QuickLoadCache
+
+
+try:
+    _QUICK_CACHE = _make_quick_cache()
+except (ImportError, AttributeError):  # pragma: no cover - Numba internals moved
+    _QUICK_CACHE = None
+
+
+def _quick_load(dispatcher):
+    """``dispatcher``, its cache loading without refreshing the whole target (see above)."""
+    cache = getattr(dispatcher, "_cache", None)
+    if _QUICK_CACHE is not None and type(cache) is _QUICK_CACHE.__bases__[0]:
+        cache.__class__ = _QUICK_CACHE
+    return dispatcher
+
+
 def kernel(fn=None, *, parallel: bool = True):
     """Compile a module-level loop (``parallel=True`` turns ``prange`` into threads)."""
 
     def deco(f):
-        return numba.njit(parallel=parallel, **_COMMON)(f)
+        return _quick_load(numba.njit(parallel=parallel, **_COMMON)(f))
 
     return deco(fn) if fn is not None else deco
 
 
 def device(fn):
-    """Compile a scalar one-point function that is always inlined into the loops calling it."""
-    return numba.njit(inline="always", **_COMMON)(fn)
+    """Compile a scalar one-point function that is always inlined into the loops calling it (not
+    cached by itself: its code lives in its callers' caches)."""
+    return numba.njit(inline="always", **{**_COMMON, "cache": False})(fn)
 
 
 def set_num_threads(n: int) -> None:

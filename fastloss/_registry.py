@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _half
+from ._dispatch import is_dask_array
 
 
 @dataclass(frozen=True)
@@ -175,14 +176,15 @@ def loss(*, diff, family):
 
         @functools.wraps(fn)
         def public(*args, _grad=None, **kwargs):
-            # Dask arrays anywhere in the call: the whole call goes to the Dask backend, which runs
-            # this same function chunk by chunk (fastloss._dask; imported only when needed)
-            if _has_dask(args, kwargs, _grad):
+            route = _route(args, kwargs, _grad)
+            if route is _DASK:
+                # Dask arrays anywhere in the call: the whole call goes to the Dask backend, which runs
+                # this same function chunk by chunk (fastloss._dask; imported only when needed)
                 from . import _dask
 
                 return _dask.call(spec, args, kwargs, _grad)
-            # float16 arrays: computed by the float32 path, rounded back (fastloss._half)
-            if _half.involved(args, kwargs, _grad):
+            if route is _HALF:
+                # float16 arrays: computed by the float32 path, rounded back (fastloss._half)
                 return _half.call(fn, spec, args, kwargs, _grad)
             return fn(*args, _grad=_grad, **kwargs)
 
@@ -198,12 +200,32 @@ def loss(*, diff, family):
     return deco
 
 
-def _has_dask(args, kwargs, grad) -> bool:
-    from ._dispatch import is_dask_array
+#: Argument types that are neither Dask nor float16 arrays: passed over without a look at their class
+#: hierarchy (this runs on every call).
+_PLAIN = frozenset({type(None), bool, int, float, str})
+_DIRECT, _DASK, _HALF = "direct", "dask", "half"
 
-    if grad is not None and is_dask_array(grad.grad_output):
-        return True
-    return any(is_dask_array(a) for a in args) or any(is_dask_array(a) for a in kwargs.values())
+
+def _route(args, kwargs, grad) -> str:
+    """Where a call goes: ``_DASK`` when any argument (or ``grad_output``) is a Dask array, else
+    ``_HALF`` when one is a float16 array, else ``_DIRECT`` (the loss's own function)."""
+    plain = _PLAIN
+    half = False
+    for group in (args, kwargs.values()):
+        for a in group:
+            t = type(a)
+            if t is np.ndarray:
+                half = half or a.dtype.char == "e"
+            elif t not in plain:
+                if is_dask_array(a):
+                    return _DASK
+                half = half or _half.is_half(a)
+    g = None if grad is None else grad.grad_output
+    if type(g) not in plain:
+        if is_dask_array(g):
+            return _DASK
+        half = half or _half.is_half(g)
+    return _HALF if half else _DIRECT
 
 
 def _spec_of(f) -> LossSpec:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _jit
-from ..._math import _fsub, exp, log
-from .rows import (_SHORT_ROWS, _chunk, _items_total, _larger, _loop, _next_row, _row_dot, _row_exp,
-                   _row_max, _row_scale, _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block,
-                   _tile_blocks, _tile_dot, _tile_exp, _tile_max, _tile_sum_exp, _tile_to_rows)
+from ..._math import _fsub, log
+from .rows import (_BLOCK, _SHORT_ROWS, _chunk, _exp_same, _float_of_key, _index_scan, _int_view, _items_total,
+                   _loop, _lowest_key, _next_row, _order_key, _row_dot, _row_exp, _row_max, _row_scale,
+                   _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block, _tile_blocks, _tile_dot,
+                   _tile_exp, _tile_max, _tile_sum_exp, _tile_to_rows)
 
 
 # ================================================================================================
@@ -154,50 +155,79 @@ def _ce_prob_rows(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss
         loss[i], m = _ce_prob_row(x[i], m, _next_row(x, i, hi), q[i], w, eps, k_i, os, with_grad, inplace)
     return _row_sum(loss[lo:hi])
 
+
 # ================================================================================================
-# Small calls: the whole call on the calling thread, one row at a time in plain float64 loops
+# Small calls: the whole call on the calling thread, one row at a time in plain loops
 # ================================================================================================
 @_jit.device
 def _small_max(xs):
-    """``max(xs)`` as float64 (``-inf`` for an empty row)."""
-    m = -np.inf
-    for c in range(xs.size):
-        m = _larger(np.float64(xs[c]), m)
-    return m
+    """:func:`.rows._row_max` inlined: the max over the order keys of ``xs``'s floats (a vectorised
+    integer max), of ``xs``'s dtype."""
+    bits = _int_view(xs)
+    best = _lowest_key(xs)
+    for c in range(bits.size):
+        best = max(best, _order_key(bits[c]))
+    return _float_of_key(best)
 
 
 @_jit.device
-def _small_sum_exp(xs, m):
-    """``sum_c exp(xs[c] - m)`` in float64."""
+def _small_exp(os, xs, m, inplace):
+    """``os[c] = exp(xs[c] - m)``, returning their float64 sum: exponentials in ``xs``'s precision,
+    summed in it over blocks of ``_BLOCK`` (as :func:`.rows._row_exp`); ``inplace`` when ``os`` is
+    ``xs``.
+
+    ``xs`` is first copied into ``os`` unless it is ``os``, and the exponentials are then taken in place,
+    by one loop whatever the call: a value, a gradient into a new buffer and one in place round alike
+    (two loops, or one over two arrays that LLVM checks for aliasing at run time, may be vectorised and
+    fast-math-rewritten differently, and their float32 sums differ in the last bits)."""
+    if not inplace:
+        for c in range(xs.size):
+            os[c] = xs[c]
     s = 0.0
-    for c in range(xs.size):
-        s += exp(np.float64(xs[c]) - m)
+    for lo in range(0, os.size, _BLOCK):
+        blk = os[lo:lo + _BLOCK]  # over a slice: indexed os[lo:hi] in place, the loop stays scalar (4x slower)
+        acc = os.dtype.type(0)
+        for c in range(blk.size):
+            e = _exp_same(blk[c] - m)
+            blk[c] = e
+            acc += e
+        s += acc
     return s
 
 
 @_jit.device
-def _small_exp_into(xs, os, m):
-    """``os[c] = exp(xs[c] - m)`` (``os`` may be ``xs``: each element is read before it is written);
-    their float64 sum."""
-    s = 0.0
-    for c in range(xs.size):
-        e = exp(np.float64(xs[c]) - m)
-        os[c] = e
-        s += e
-    return s
+def _row_factor(i, g, gvec, mean, den):
+    """Row ``i``'s factor on its loss gradient: ``grad_output`` (``gvec[i]`` when ``gvec`` is not
+    empty, else ``g``), over ``den`` for ``'mean'`` (0 when ``den`` is 0)."""
+    gi = gvec[i] if gvec.size else g
+    if mean:
+        return gi / den if den != 0.0 else 0.0
+    return gi
 
 
 @_loop
-def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss):
-    """:func:`_ce_index_rows` for a small call (all of it on the calling thread), one row at a time in
-    plain loops, the gradient straight from ``exp(x - max)``; the losses' float64 sum.
+def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss):
+    """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
+    ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
+    may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
+    it is empty.
 
-    Small calls spend their time in fixed costs, not in these loops, and a first call with an empty
-    Numba cache compiles this kernel alone: a few seconds less than the pipelined row kernels or the
-    transposed tiles of the short rows, which pay off only on big inputs.
+    Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
+    the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
+    and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
+    first: the divisor scales every row's gradient.
+
+    One row at a time in plain loops, the gradient straight from ``exp(x - max)``: small calls spend
+    their time in fixed costs, and a first call with an empty Numba cache compiles this kernel alone,
+    a few seconds less than the pipelined row kernels or the transposed tiles of the short rows.
     """
     n_cls = x.shape[1]
+    den, bad = _index_scan(t, w, ignore_index, n_cls)
+    if bad >= 0:
+        return 0.0, den, bad
     e_c = eps / n_cls
+    wsum = _row_sum(w) if eps > 0.0 else 0.0
+    row = np.empty(0 if with_grad else n_cls, dtype=x.dtype)  # the exponentials of a value-only call
     total = 0.0
     for i in range(x.shape[0]):
         xs = x[i]
@@ -208,7 +238,8 @@ def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss
         wt = 0.0 if ignored else np.float64(w[ti])
         xt = 0.0 if ignored else np.float64(xs[ti])
         dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
-        s = _small_exp_into(xs, out[i], m) if with_grad else _small_sum_exp(xs, m)
+        os = out[i] if with_grad else row
+        s = _small_exp(os, xs, m, inplace)
         lse = m + log(s)
         li = 0.0
         big_s = 0.0
@@ -217,33 +248,36 @@ def _ce_index_small(x, t, w, wsum, ignore_index, eps, coef, out, with_grad, loss
             if eps > 0.0:
                 li += e_c * (wsum * lse - dot)
             big_s = (1.0 - eps) * wt + e_c * wsum
-        loss[i] = li
+        if loss.size:
+            loss[i] = li
         total += li
         if with_grad:
-            os = out[i]
-            k = 0.0 if ignored else coef[i]
+            k = 0.0 if ignored else _row_factor(i, g, gvec, mean, den)
             et = 0.0 if ignored else np.float64(os[ti])
-            a = k * big_s / s
-            b = k * e_c
+            a = os.dtype.type(k * big_s / s)
+            b = os.dtype.type(k * e_c)
             for c in range(n_cls):
-                os[c] = np.float64(os[c]) * a - b * np.float64(w[c])
+                os[c] = os[c] * a - b * w[c]
             if not ignored:
                 os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total
+    return total, den, -1
 
 
 @_loop
-def _ce_prob_small(x, q, w, eps, coef, out, with_grad, loss):
-    """:func:`_ce_prob_rows` for a small call, as :func:`_ce_index_small`; the losses' float64 sum.
+def _ce_prob_small(x, q, w, eps, g, gvec, mean, out, with_grad, inplace, loss):
+    """:func:`_ce_index_small` with class probabilities ``q (R, C)``; returns ``(total, R, -1)`` (the
+    'mean' divisor is the number of rows).
 
     The loss of a row is ``-sum_c a_c (x_c - m - log(s))``, formed as ``-(sum_c a_c (x_c - m) -
     sum(a) log(s))``: a one-class row is then exactly ``-0.0``, as PyTorch's ``-(q * 0)``, where
     ``sum(a) (m + log(s)) - sum_c a_c x_c`` leaves a rounding error (6.9e-18) behind. The sums start
     at ``-0.0``, the identity of addition that keeps that sign."""
-    n_cls = x.shape[1]
+    n_rows, n_cls = x.shape
+    den = np.float64(n_rows)
     e_c = eps / n_cls
+    row = np.empty(0 if with_grad else n_cls, dtype=x.dtype)  # the exponentials of a value-only call
     total = -0.0
-    for i in range(x.shape[0]):
+    for i in range(n_rows):
         xs = x[i]
         qs = q[i]
         m = _small_max(xs)
@@ -253,16 +287,17 @@ def _ce_prob_small(x, q, w, eps, coef, out, with_grad, loss):
             a = _prob_weight(qs[c], w[c], eps, e_c)
             sa += a
             sax += a * (np.float64(xs[c]) - m)
-        s = _small_exp_into(xs, out[i], m) if with_grad else _small_sum_exp(xs, m)
+        os = out[i] if with_grad else row
+        s = _small_exp(os, xs, m, inplace)
         li = _fsub(-0.0, _fsub(sax, sa * log(s)))  # strict: fast-math (nsz) would fold -(a - b) to b - a
-        loss[i] = li
+        if loss.size:
+            loss[i] = li
         total += li
         if with_grad:
-            os = out[i]
-            k = coef[i]
+            k = _row_factor(i, g, gvec, mean, den)
             for c in range(n_cls):
                 os[c] = k * (np.float64(os[c]) * sa / s - _prob_weight(qs[c], w[c], eps, e_c))
-    return total
+    return total, den, -1
 
 
 # ================================================================================================

@@ -11,7 +11,7 @@ from ... import _validation as V
 from ..._dispatch import scalar_result
 from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_index_small, _ce_prob_channels,
                          _ce_prob_rows, _ce_prob_short, _ce_prob_small)
-from .rows import _SHORT_CLASSES, _SHORT_ROWS, _loop, _tile_blocks
+from .rows import _SHORT_CLASSES, _SHORT_ROWS, _index_scan, _tile_blocks
 from .softmax_kernels import _nll_chunk, _softmax_channels, _softmax_rows, _softmax_short
 
 
@@ -90,25 +90,6 @@ def _coefficients(grad, reduction, denominator, loss_shape, shape):
     return coef
 
 
-@_loop
-def _index_scan(t, w, ignore_index, n_cls):
-    """``(sum(w[t_i]) over the targets that are not ignore_index, first bad position)`` of the flat
-    class indices ``t``: the 'mean' divisor of PyTorch, and the position of the first target outside
-    ``[0, n_cls)`` that is not ``ignore_index`` (-1 if none). ``w`` empty means weights of 1.
-
-    The range check of the class indices, done here in the pass the divisor needs anyway rather than
-    by ``min``/``max`` reductions before the call: the driver raises before any kernel writes."""
-    den = 0.0
-    for i in range(t.size):
-        ti = t[i]
-        if ti == ignore_index:
-            continue
-        if ti < 0 or ti >= n_cls:
-            return den, i
-        den += 1.0 if w.size == 0 else np.float64(w[ti])
-    return den, -1
-
-
 def _index_targets(t, x3, w, ignore_index):
     """Class indices ``t`` as C-contiguous ``intp`` of shape ``(N, B)``, and PyTorch's 'mean' divisor.
 
@@ -149,6 +130,9 @@ def _class_view(x):
 
 def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
     """Driver of ``fastloss.cross_entropy``: index targets (any integer dtype) or probabilities."""
+    shape = x.shape
+    if 0 < x.size < MIN_CHUNK and (len(shape) <= 2 or math.prod(shape[2:]) == 1):
+        return _cross_entropy_small(x, t, w, ignore_index, reduction, label_smoothing, grad)
     x3, loss_shape = _class_view(x)
     n, n_cls, n_pos = x3.shape
     probabilities = t.dtype.kind == "f"
@@ -192,10 +176,6 @@ def _run_cross_entropy(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad,
                     inplace, loss)
     x2, out2, coef1, loss1 = x3[:, :, 0], out3[:, :, 0], coef[:, 0], loss[:, 0]
     t2 = t[:, :, 0] if probabilities else t[:, 0]
-    if work < MIN_CHUNK:
-        if probabilities:
-            return _ce_prob_small(x2, t2, w, eps, coef1, out2, with_grad, loss1)
-        return _ce_index_small(x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, loss1)
     if n_cls <= _SHORT_CLASSES:
         units = -(-n // _SHORT_ROWS)
         if probabilities:
@@ -204,6 +184,51 @@ def _run_cross_entropy(x3, t, w, wsum, ignore_index, eps, coef, out3, with_grad,
     if probabilities:
         return _run(_ce_prob_rows, work, n, x2, t2, w, eps, coef1, out2, with_grad, inplace, loss1)
     return _run(_ce_index_rows, work, n, x2, t2, w, wsum, ignore_index, eps, coef1, out2, with_grad, inplace, loss1)
+
+
+#: The stand-in of an absent per-row array of the small-call kernels (no per-row losses or incoming
+#: gradients): an empty array of the type of the real one, so that one compiled kernel serves both.
+_NO_ROWS = np.empty(0)
+
+
+def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
+    """:func:`cross_entropy` of a call below :data:`MIN_CHUNK` elements with one position per row: one
+    kernel call on the calling thread, which also checks the class indices and forms the 'mean'
+    divisor, and with as few steps around it as it takes (they, not the kernel, dominate such a call).
+
+    The kernels get the caller's arrays as they are (writeable or not): a read-only input compiles its
+    own specialisation once, where a read-only view made on every call would cost each call."""
+    shape = x.shape
+    n_cls = shape[0] if len(shape) == 1 else shape[1]
+    loss_shape = () if len(shape) == 1 else (shape[0],) + shape[2:]
+    xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    wc = _ones(n_cls, x.dtype) if w is None else _readonly(np.ascontiguousarray(w))
+    none = reduction == "none"
+    loss = np.empty(x.size // n_cls) if none else _NO_ROWS
+    g, gvec, out, inplace = 1.0, _NO_ROWS, None, False
+    with_grad = grad is not None
+    if with_grad:
+        if grad.out is None:
+            out = np.empty(shape, x.dtype)
+        else:
+            out, xc, inplace = _gradient_buffer(grad, x, xc)
+        if none:
+            gvec = np.array(np.broadcast_to(grad.array(loss_shape, np.float64), loss_shape)).reshape(-1)
+        else:
+            g = grad.scalar()
+    x2 = xc.reshape(-1, n_cls)
+    o2 = out.reshape(-1, n_cls) if with_grad else _no_gradient(x2)
+    if t.dtype.kind == "f":
+        q = np.ascontiguousarray(t).reshape(x2.shape)
+        total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss)
+    else:
+        tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
+        total, den, bad = _ce_index_small(x2, tk.reshape(-1), wc, ignore_index, eps, g, gvec, reduction == "mean",
+                                          o2, with_grad, inplace, loss)
+        if bad >= 0:
+            V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
+    value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)
+    return value if grad is None else (value, (out,))
 
 
 def _readonly(a):

@@ -57,12 +57,6 @@ def _exp_same_impl(v):
     return lambda v: exp(v)
 
 
-@_jit.device
-def _larger(a, b):
-    """``a if a > b else b``: keeps ``b`` when ``a`` is NaN, but a NaN row still turns NaN in its sum-exp."""
-    return a if a > b else b
-
-
 # ================================================================================================
 # Row loops over one contiguous row ``xs`` of C values (compiled once per dtype, called per row)
 # ================================================================================================
@@ -364,3 +358,25 @@ def _short_block(k, n_rows):
     """Rows ``[lo, hi)`` of block ``k`` of the short-row kernels."""
     lo = k * _SHORT_ROWS
     return lo, min(lo + _SHORT_ROWS, n_rows)
+
+
+# ================================================================================================
+# Class-index targets
+# ================================================================================================
+@_loop
+def _index_scan(t, w, ignore_index, n_cls):
+    """``(sum(w[t_i]) over the targets that are not ignore_index, first bad position)`` of the flat
+    class indices ``t``: the 'mean' divisor of PyTorch, and the position of the first target outside
+    ``[0, n_cls)`` that is not ``ignore_index`` (-1 if none). ``w`` empty means weights of 1.
+
+    The range check of the class indices, done here in the pass the divisor needs anyway rather than
+    by ``min``/``max`` reductions before the call: the driver raises before any kernel writes."""
+    den = 0.0
+    for i in range(t.size):
+        ti = t[i]
+        if ti == ignore_index:
+            continue
+        if ti < 0 or ti >= n_cls:
+            return den, i
+        den += 1.0 if w.size == 0 else np.float64(w[ti])
+    return den, -1

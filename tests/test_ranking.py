@@ -368,7 +368,9 @@ def test_bad_input_is_refused_before_any_kernel():
     with pytest.raises(TypeError):
         fl.margin_ranking_loss(np.zeros(4), np.zeros(4), np.ones(4, dtype=complex))
     with pytest.raises(TypeError):
-        fl.hinge_embedding_loss(np.zeros(4, dtype=np.float16), np.ones(4))
+        fl.hinge_embedding_loss(np.zeros(4, dtype=np.int32), np.ones(4))
+    # float16 is accepted (contract §3: computed in float32, returned in float16)
+    assert np.asarray(fl.hinge_embedding_loss(np.zeros(4, dtype=np.float16), np.ones(4))).dtype == np.float16
 
 
 def test_the_extensions_report_their_openmp_build():

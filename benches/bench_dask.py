@@ -2,14 +2,16 @@
 
 asv: ``DaskCrossEntropy.time_value_and_grad`` with ``path`` = ``direct`` (one call on the whole NumPy
 array, ``fastloss.get_num_threads()`` threads, a new gradient array as a caller gets by default),
-``direct-out`` (the same into a reused ``out=`` buffer: no page faults, the kernel alone) or ``dask``
-(the same array as a Dask array of 64 MiB chunks, as many Dask threads, each chunk's gradient stored
-into a reused array with ``da.store``), and ``peakmem_*`` of all three. The target: ``dask`` at >= 80 %
-of ``direct``'s throughput. Dask cannot write a chunk's gradient into its final place: every chunk
-gets a new array (page faults), then ``da.store`` copies it; ``direct-out`` shows that cost.
-Skipped (``NotImplementedError``) where Dask is not installed.
+``direct-out`` (the same into a reused ``out=`` buffer: no page faults, the kernel alone), ``dask``
+(the same array as a Dask array of 64 MiB chunks, ``dask.persist`` on as many Dask threads: the value
+and the gradient's chunks held in memory, as the direct call's arrays are) or ``dask-store`` (each
+chunk's gradient copied by ``da.store`` into one reused array), and ``peakmem_*`` of all four. The
+target: ``dask`` at >= 80 % of ``direct``'s throughput. Skipped (``NotImplementedError``) where Dask is
+not installed.
 
-By hand (also the larger-than-memory case, kept small unless asked):
+By hand: ``benches/dask_throughput.py`` (three losses, both schedulers, interleaved, one process) and
+``examples/dask_larger_than_memory.py`` (logits generated chunk by chunk; peak RSS and throughput against
+the in-memory kernel):
 
     python benches/bench_dask.py                        # in-memory: direct vs Dask, 512 MiB of logits
     python benches/bench_dask.py --rows 2621440 --stream  # 40 GiB generated chunk by chunk (not in CI)
@@ -34,7 +36,7 @@ def _inputs(rows, seed=0):
 
 
 class DaskCrossEntropy:
-    params = [["direct", "direct-out", "dask"], [4 * CHUNK_ROWS]]
+    params = [["direct", "direct-out", "dask", "dask-store"], [4 * CHUNK_ROWS]]
     param_names = ["path", "rows"]
     timeout = 300
 
@@ -58,8 +60,10 @@ class DaskCrossEntropy:
         if path == "direct-out":
             return self.vg(self.x, self.t, out=self.out)
         value, grad = self.vg(self.X, self.t)
+        if path == "dask":
+            return self.dask.persist(value, grad, scheduler="threads", num_workers=fastloss.get_num_threads())
         stored = self.da.store(grad, self.out, lock=False, compute=False)
-        return self.dask.compute(value, stored, num_workers=fastloss.get_num_threads())
+        return self.dask.compute(value, stored, scheduler="threads", num_workers=fastloss.get_num_threads())
 
     def peakmem_value_and_grad(self, path, rows):
         self.time_value_and_grad(path, rows)
@@ -80,12 +84,12 @@ def main(argv=None):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
         import dask_larger_than_memory as ex
 
-        ex.run(a.rows, CLASSES, CHUNK_ROWS, store=None)
+        ex.run(a.rows, CLASSES, 4 * CHUNK_ROWS, store=None)  # 256 MiB chunks
         return
     bench = DaskCrossEntropy()
     gib = a.rows * CLASSES * 4 / 2**30
     best = {}
-    for path in ("direct", "direct-out", "dask"):
+    for path in ("direct", "direct-out", "dask", "dask-store"):
         bench.setup(path, a.rows)
         times = []
         for _ in range(a.repeat):

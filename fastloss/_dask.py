@@ -29,6 +29,20 @@ Exact reductions
     dtype. Gradients of a reduced loss are the chunk's ``'sum'`` gradients with ``grad_output`` divided
     by that same denominator, so they equal the in-memory gradients however the arrays are chunked.
 
+Threads
+    Dask's threaded scheduler (``dask.array``'s default) runs one chunk per worker thread; inside a
+    worker thread a chunk's kernels run on one thread (:class:`_kernel_threads`), so ``num_workers``
+    threads keep as many cores busy without oversubscribing them. The synchronous scheduler
+    (``scheduler='synchronous'``) runs the chunks one after another in the calling thread, each on
+    fastloss's own threads. The recommendation, which ``benches/dask_throughput.py`` measures beside
+    the direct call: the threaded scheduler with ``num_workers = fastloss.get_num_threads()`` (Dask's
+    default is the CPU count), chunks of 64 MB or more, and at least a few chunks per worker.
+
+Cheap graphs
+    The float64 partials (one per chunk) and the denominators' parts are added in one task
+    (:func:`_sum_all`) rather than by Dask's tree reduction, whose graph costs many times more to build
+    and schedule: for an in-memory array that cost is paid on every call.
+
 The class axis of the softmax family may stay chunked: :mod:`fastloss._dask_classes`.
 """
 from __future__ import annotations
@@ -446,9 +460,12 @@ class _Call:
             partials = da.blockwise(_pick_value, idx, tasks, idx, concatenate=False, dtype=np.float64,
                                     adjust_chunks={lab: 1 for lab in idx},
                                     meta=_empty_like(self.meta, (0,) * len(idx), np.float64))
-            total = partials.sum(dtype=np.float64)
-            value64 = _finish(total, denominator, mode, self.name)
-            value = value64.astype(self.dtype)
+            total = _sum_all(partials)
+            if mode == "rmse":  # its gradient needs the float64 value
+                value64 = _finish(total, denominator, mode, self.name)
+                value = value64.astype(self.dtype)
+            else:
+                value = _finish(total, denominator, mode, self.name, self.dtype)
         if not want_grad:
             return value
         if mode == "rmse":  # the second pass: MSE's gradient scaled by grad_output / (2 n rmse)
@@ -649,8 +666,13 @@ def _rmse_scale(g, value, n):
     return np.float64(0.0 if v == 0.0 else g / (2.0 * n * v))
 
 
-def _finish_block(total, denominator, mode, loss_name):
-    """The reduced value in float64 (NumPy or CuPy, as the chunks): the sum over the denominator."""
+def _finish_block(total, denominator, mode, loss_name, out_dtype):
+    """The reduced value (NumPy or CuPy, as the chunks): the sum over the denominator in float64,
+    rounded once to ``out_dtype``."""
+    return _finish64(total, denominator, mode, loss_name).astype(out_dtype)
+
+
+def _finish64(total, denominator, mode, loss_name):
     s = total.reshape(()).astype(np.float64)
     if mode == "sum":
         return s
@@ -675,10 +697,56 @@ def _xp(a):
     return np
 
 
-def _finish(total, denominator, mode, name):
+def _finish(total, denominator, mode, name, dtype=np.float64):
+    """The reduced value, a 0-d Dask array of ``dtype``: the 0-d float64 ``total`` over ``denominator``."""
     ops = [total, ()] + _operand(denominator)
-    return da.blockwise(_finish_block, (), *ops, mode=mode, loss_name=name, dtype=np.float64,
-                        meta=np.empty((), np.float64), concatenate=True)
+    return da.blockwise(_finish_block, (), *ops, mode=mode, loss_name=name, out_dtype=np.dtype(dtype),
+                        dtype=np.dtype(dtype),
+                        meta=np.empty((), dtype), concatenate=True)
+
+
+# The reductions of this module add one float64 partial per chunk: few numbers, so one task adds them
+# all (exactly rounded with math.fsum where they are finite: the total does not depend on the order of
+# the chunks). Dask's own tree reduction (``Array.sum``) builds a graph many times as costly to make and
+# to schedule for the same result.
+def _sum_all(parts):
+    """A 0-d float64 Dask array: the sum of every element of ``parts`` (a chunk's partials), one task."""
+    idx = tuple(f"p{j}" for j in range(parts.ndim))
+    return da.blockwise(_sum_block, (), parts, idx, concatenate=True, dtype=np.float64,
+                        meta=_empty_like(parts, (), np.float64))
+
+
+def _sum_block(p):
+    xp = _xp(p)
+    if xp is not np:
+        return p.sum(dtype=np.float64).reshape(())
+    p = np.asarray(p, dtype=np.float64).ravel()
+    if np.isfinite(p).all():
+        return np.array(math.fsum(p.tolist()), dtype=np.float64)
+    return np.array(p.sum(), dtype=np.float64)  # inf and NaN propagate as in a plain sum
+
+
+def _sum_chunks(a, block=None, **kwargs):
+    """A 0-d float64 Dask array: the sum over ``a`` of ``block(chunk, **kwargs)`` (default: the chunk
+    itself), each chunk's part in float64, then :func:`_sum_all`."""
+    idx = tuple(f"a{j}" for j in range(a.ndim))
+    parts = da.blockwise(_partial_block, idx, a, idx, block=block, kwargs=kwargs, ndim=a.ndim,
+                         adjust_chunks={lab: 1 for lab in idx}, dtype=np.float64,
+                         meta=_empty_like(a, (0,) * a.ndim, np.float64))
+    return _sum_all(parts)
+
+
+def _partial_block(b, block, kwargs, ndim):
+    v = b if block is None else block(b, **kwargs)
+    return v.sum(dtype=np.float64).reshape((1,) * ndim)
+
+
+def _cast(b, dtype):
+    return b.astype(dtype, copy=False)
+
+
+def _kept(t, ignore):
+    return t != ignore
 
 
 def _denominator(c, mode):
@@ -692,10 +760,10 @@ def _denominator(c, mode):
     if mode == "rmse":
         return float(np.prod(np.shape(arrays["input"])))
     if name in ("l1_loss", "mse_loss") and arrays.get("weight") is not None:
-        return c.to_dask("weight").astype(c.dtype).sum(dtype=np.float64)
+        return _sum_chunks(c.to_dask("weight"), _cast, dtype=c.dtype)  # as the chunks see them
     if name == "log_loss":
         if "sample_weight" in arrays:
-            return c.to_dask("sample_weight").astype(np.float64).sum(dtype=np.float64)
+            return _sum_chunks(c.to_dask("sample_weight"))
         return float(np.shape(arrays["y_pred"])[0])
     if name in ("cross_entropy", "nll_loss", "linear_cross_entropy") and "target" in arrays \
             and np.dtype(arrays["target"].dtype).kind in "iu":
@@ -704,13 +772,13 @@ def _denominator(c, mode):
         ignore = -100 if ignore is None else int(ignore)
         t = c.to_dask("target")
         if arrays.get("weight") is None:
-            return (t != ignore).sum(dtype=np.float64)
+            return _sum_chunks(t, _kept, ignore=ignore)
         w = c.whole_dask("weight").astype(c.dtype)
         tl = tuple(f"t{j}" for j in range(t.ndim))
         parts = da.blockwise(_weight_sum_block, tl, t, tl, w, ("s_w",), ignore=ignore,
                              adjust_chunks={lab: 1 for lab in tl}, dtype=np.float64,
                              meta=np.empty((0,) * t.ndim, np.float64), concatenate=True)
-        return parts.sum(dtype=np.float64)
+        return _sum_all(parts)
     if mode == "mean_of_means":
         return float(c.sizes["b0"])
     n = 1  # the number of loss elements

@@ -319,6 +319,18 @@ def test_larger_than_memory_example_runs_tiny(tmp_path):
         assert "check: equal to the in-memory call" in out
 
 
+def test_throughput_bench_runs_tiny():
+    """benches/dask_throughput.py at a tiny size: every path of every loss runs, and the script's own
+    check (each path's value equal to the direct call's) holds."""
+    bench = __import__("pathlib").Path(__file__).resolve().parents[1] / "benches" / "dask_throughput.py"
+    if not bench.exists():
+        pytest.skip("benches/ is not beside the tests")
+    out = subprocess.run([sys.executable, str(bench), "--gib", "0.002", "--chunk-mb", "1", "--classes", "64",
+                          "--repeat", "1"], check=True, env=_env(), capture_output=True, text=True).stdout
+    assert out.count("of direct") == 15, out
+    assert "2 chunks" in out and "Dask / direct throughput" in out, out
+
+
 def _cupy():
     cupy = pytest.importorskip("cupy")
     try:

@@ -34,9 +34,10 @@ Threads
     worker thread a chunk's kernels run on one thread (:class:`_kernel_threads`), so ``num_workers``
     threads keep as many cores busy without oversubscribing them. The synchronous scheduler
     (``scheduler='synchronous'``) runs the chunks one after another in the calling thread, each on
-    fastloss's own threads. The recommendation, which ``benches/dask_throughput.py`` measures beside
-    the direct call: the threaded scheduler with ``num_workers = fastloss.get_num_threads()`` (Dask's
-    default is the CPU count), chunks of 64 MB or more, and at least a few chunks per worker.
+    fastloss's own threads. Both keep the cores busy without oversubscription; the default (the
+    threaded scheduler, ``num_workers`` = the CPU count, or ``fastloss.get_num_threads()``) needs no
+    setting, with chunks of 64 MB or more and a few chunks per worker. ``benches/dask_throughput.py``
+    times both beside the direct call (under load on 2 cores they were within each other's noise).
 
 Cheap graphs
     The float64 partials (one per chunk) and the denominators' parts are added in one task

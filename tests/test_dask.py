@@ -328,7 +328,7 @@ def test_throughput_bench_runs_tiny():
     out = subprocess.run([sys.executable, str(bench), "--gib", "0.002", "--chunk-mb", "1", "--classes", "64",
                           "--repeat", "1"], check=True, env=_env(), capture_output=True, text=True).stdout
     assert out.count("of direct") == 15, out
-    assert "2 chunks" in out and "Dask / direct throughput" in out, out
+    assert out.count("3 chunks of 1 MiB") == 3 and "Dask / direct throughput" in out, out  # 2.1 MB each
 
 
 def _cupy():

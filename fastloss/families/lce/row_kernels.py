@@ -21,7 +21,7 @@ from ..softmax.rows import (_exp_same, _float_of_key, _int_view, _key_max, _lowe
                             _row_scale, _row_scale_sub)
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
-_BLOCK = 256
+_BLOCK = 1024
 
 
 # ================================================================================================
@@ -102,62 +102,81 @@ def _capped_max(m_x, cap, like):
     return dt(cap) * _tanh_same(dt(m_x) * dt(1.0 / cap))
 
 
+@_jit.device
+def _cap_point(x, m, cap, like):
+    """``(tanh(x / cap), exp(cap tanh(x / cap) - m))`` of one logit in ``like``'s dtype, computed as the
+    exp passes compute them for a row (the target's, whose stored value has the derivative folded in)."""
+    dt = like.dtype.type
+    th = _tanh_same(dt(x) * dt(1.0 / cap))
+    return th, _exp_same(dt(cap) * th - dt(m))
+
+
 _loop = _jit.kernel(parallel=False)
 
 
 # ================================================================================================
 # Segment loops: a row, or one class slice of a row, as a contiguous 1-D array. The exp passes are
 # softmax's (``_row_exp``) without a softcap; with one, the passes below compute ``tanh`` once per
-# element and keep it (``ths``) for the gradient's ``1 - tanh**2``, and keep ``exp(z - m)`` in place of
-# the logits: one tanh and one exp per element, no pass recomputes either. A block whose ``|x / cap|``
-# all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp and division.
+# element and store ``exp(z - m) (1 - tanh**2)`` in place of the logits (the softcap's derivative
+# folded in: the gradient pass is then the plain one, ``p_c g``, whenever ``a_c`` is zero off the
+# target), summing ``exp(z - m)``: one tanh and one exp per element, no pass recomputes either. The
+# tanh are kept (``ths``, a row) only where the statistics or the gradient need them (probability
+# targets, label smoothing); otherwise ``ths`` is one block of scratch in L1. A block whose
+# ``|x / cap|`` all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp
+# and division.
 # ================================================================================================
+# The block loop is written twice, once reading the logits from another array and once in place: one
+# function taking the same array as ``blk`` and ``oblk`` would leave LLVM two pointers that may alias,
+# and its runtime overlap check would send the in-place call to the scalar fallback loop.
 @_loop
 def _cap_block_into(blk, oblk, tblk, inv, cc, mm):
-    """``tblk = tanh(blk * inv)``, ``oblk = exp(cc tblk - mm)``; their sum in the data's dtype."""
+    """``tblk = tanh(blk * inv)``, ``oblk = exp(cc tblk - mm) (1 - tblk**2)``; the sum of the
+    exponentials in the data's dtype."""
     acc = oblk.dtype.type(0)
+    one = oblk.dtype.type(1)
     if _abs_max(blk) * inv < _SMALL_TANH:
         for c in range(blk.size):
             th = _tanh_small_same(blk[c] * inv)
             tblk[c] = th
             e = _exp_same(cc * th - mm)
-            oblk[c] = e
+            oblk[c] = e * (one - th * th)
             acc += e
     else:
         for c in range(blk.size):
             th = _tanh_same(blk[c] * inv)
             tblk[c] = th
             e = _exp_same(cc * th - mm)
-            oblk[c] = e
+            oblk[c] = e * (one - th * th)
             acc += e
     return acc
 
 
 @_loop
 def _cap_block_inplace(oblk, tblk, inv, cc, mm):
-    """:func:`_cap_block_into` with ``oblk`` holding the logits (one array: two that alias would take
-    LLVM's scalar fallback)."""
+    """:func:`_cap_block_into` with ``oblk`` holding the logits (see above for why a twin)."""
     acc = oblk.dtype.type(0)
+    one = oblk.dtype.type(1)
     if _abs_max(oblk) * inv < _SMALL_TANH:
         for c in range(oblk.size):
             th = _tanh_small_same(oblk[c] * inv)
             tblk[c] = th
             e = _exp_same(cc * th - mm)
-            oblk[c] = e
+            oblk[c] = e * (one - th * th)
             acc += e
     else:
         for c in range(oblk.size):
             th = _tanh_same(oblk[c] * inv)
             tblk[c] = th
             e = _exp_same(cc * th - mm)
-            oblk[c] = e
+            oblk[c] = e * (one - th * th)
             acc += e
     return acc
 
 
 @_loop
 def _cap_exp_into(xs, os, ths, m, cap, nxt):
-    """``ths[c] = tanh(xs[c] / cap)``, ``os[c] = exp(cap ths[c] - m)``; their float64 sum (blocks of
+    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` shorter than ``xs``: one block of scratch, not kept),
+    ``os[c] = exp(cap ths[c] - m) (1 - ths[c]**2)``; the float64 sum of the exponentials (blocks of
     :data:`_BLOCK` summed in the data's dtype) and ``max(nxt)`` (the next row's loads overlap this
     row's arithmetic)."""
     dt = os.dtype.type
@@ -166,8 +185,10 @@ def _cap_exp_into(xs, os, ths, m, cap, nxt):
     inv = dt(1.0 / cap)
     s = 0.0
     best = _lowest_key(nxt)
+    keep = ths.size >= xs.size
     for lo in range(0, xs.size, _BLOCK):
-        s += _cap_block_into(xs[lo:lo + _BLOCK], os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
+        n = min(_BLOCK, xs.size - lo)
+        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:n], inv, cc, mm)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 
@@ -181,16 +202,19 @@ def _cap_exp_inplace(os, ths, m, cap, nxt):
     inv = dt(1.0 / cap)
     s = 0.0
     best = _lowest_key(nxt)
+    keep = ths.size >= os.size
     for lo in range(0, os.size, _BLOCK):
-        s += _cap_block_inplace(os[lo:lo + _BLOCK], ths[lo:lo + _BLOCK], inv, cc, mm)
+        n = min(_BLOCK, os.size - lo)
+        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:n], inv, cc, mm)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 
 
 @_jit.device
 def _seg_exp(xs, os, ths, m, cap, nxt, inplace):
-    """``os = exp(z - m)`` (``z = cap tanh(xs / cap)``, or ``xs`` when ``cap == 0``), its float64 sum and
-    ``max(nxt)``; ``inplace``: ``os`` is ``xs``."""
+    """``os = exp(z - m)``, its float64 sum and ``max(nxt)`` (``z = xs``); with a softcap (``cap > 0``)
+    ``z = cap tanh(xs / cap)``, ``os = exp(z - m) (1 - tanh**2)`` and ``ths = tanh(xs / cap)`` (see
+    :func:`_cap_exp_into`). ``inplace``: ``os`` is ``xs``."""
     if cap > 0.0:
         if inplace:
             return _cap_exp_inplace(os, ths, m, cap, nxt)
@@ -220,9 +244,10 @@ def _seg_add(zs, bs):
 
 @_loop
 def _seg_grad(os, ths, g, kk, ws, qs, prob, eps, e_c, cap):
-    """Overwrite ``os`` (holding ``exp(z_c - m)``) with ``dl/dx = (p_c (S + 2 lam u lse) - a_c) k``
-    times ``1 - ths[c]**2`` with a softcap (without the index target's one-hot term: see
-    :func:`_target_grad`). ``g = k (S + 2 lam u lse) / sum_c exp(z_c - m)``, ``kk = k``."""
+    """Overwrite ``os`` with ``dl/dx = (p_c (S + 2 lam u lse) - a_c) k`` (without the index target's
+    one-hot term: see :func:`_target_grad`), ``g = k (S + 2 lam u lse) / sum_c exp(z_c - m)``,
+    ``kk = k``. ``os`` holds ``exp(z_c - m)``, with a softcap times ``d_c = 1 - ths[c]**2`` (the
+    gradient is then ``os[c] g - a_c k d_c``: ``ths`` is read only where ``a_c`` is not zero)."""
     dt = os.dtype.type
     gg = dt(g)
     one = dt(1)
@@ -232,22 +257,17 @@ def _seg_grad(os, ths, g, kk, ws, qs, prob, eps, e_c, cap):
         if cap > 0.0:
             for c in range(os.size):
                 th = ths[c]
-                os[c] = (os[c] * gg - ws[c] * (kq * qs[c] + kc)) * (one - th * th)
+                os[c] = os[c] * gg - ws[c] * (kq * qs[c] + kc) * (one - th * th)
         else:
             for c in range(os.size):
                 os[c] = os[c] * gg - ws[c] * (kq * qs[c] + kc)
         return
     kb = kk * e_c
-    if cap > 0.0:
+    if cap > 0.0 and eps > 0.0:
         kbb = dt(kb)
-        if eps > 0.0:
-            for c in range(os.size):
-                th = ths[c]
-                os[c] = (os[c] * gg - kbb * ws[c]) * (one - th * th)
-        else:
-            for c in range(os.size):
-                th = ths[c]
-                os[c] = os[c] * gg * (one - th * th)
+        for c in range(os.size):
+            th = ths[c]
+            os[c] = os[c] * gg - kbb * ws[c] * (one - th * th)
     elif eps > 0.0:
         _row_scale_sub(os, g, kb, ws)
     else:
@@ -256,8 +276,8 @@ def _seg_grad(os, ths, g, kk, ws, qs, prob, eps, e_c, cap):
 
 @_jit.device
 def _target_grad(et, tht, g, kk, wt, eps, e_c, cap):
-    """The gradient at the index target in float64 from its stored ``exp(z_t - m)`` (and ``tanh``):
-    ``p_t (S + 2 lam w_t lse) - a_t`` cancels when ``p_t`` is near 1."""
+    """The gradient at the index target in float64 from its ``exp(z_t - m)`` (and ``tanh``) as the exp
+    pass computes them: ``p_t (S + 2 lam w_t lse) - a_t`` cancels when ``p_t`` is near 1."""
     d = et * g - kk * ((1.0 - eps) * wt + e_c * wt)
     if cap > 0.0:
         d *= 1.0 - tht * tht
@@ -325,7 +345,8 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     e_c = eps / n_cls
     inplace = inplace and with_grad
     private = np.empty(0 if with_grad else n_cls, dtype=dst.dtype)
-    ths = np.empty(n_cls if cap > 0.0 else 0, dtype=dst.dtype)
+    keep = cap > 0.0 and (prob or eps > 0.0)  # the tanh of the row are needed after its exp pass
+    ths = np.empty(n_cls if keep else (_BLOCK if cap > 0.0 else 0), dtype=dst.dtype)
     ahead = not has_bias
     m_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else 0.0
     for i in range(lo, hi):
@@ -367,20 +388,26 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
                     dot += _row_dot(xs, ws)
             if not prob and not ignored:
                 zt = np.float64(src[jt])
+        tht = 0.0
+        et = 0.0
+        if cap > 0.0 and not prob and not ignored:  # the target's tanh and exp, before the pass (in place)
+            th_t, e_t = _cap_point(src[jt], m, cap, dst)
+            tht = np.float64(th_t)
+            et = np.float64(e_t)
+            zt = cap * tht
         total = 0.0
         mn = -np.inf
         for k in range(n_slices):
             xs = _seg(src, bases, widths, k, i)
             os = _seg(dst, bases, widths, k, i) if with_grad else private[col0s[k]:col0s[k] + widths[k]]
             nxt = _seg(src, bases, widths, k, i + 1) if nxt_ok else xs[:0]
-            sk, mk = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if cap > 0.0 else ths, m, cap, nxt,
-                              inplace)
+            sk, mk = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if keep else ths, m, cap, nxt, inplace)
             total += sk
             mk = np.float64(mk)
             mn = mk if mk > mn else mn
         if nxt_ok:
             m_next = mn
-        if cap > 0.0:  # statistics of z = cap tanh(x / cap), from the kept tanh (linear in it)
+        if keep:  # statistics of z = cap tanh(x / cap), from the kept tanh (linear in it)
             for k in range(n_slices):
                 tk = ths[col0s[k]:col0s[k] + widths[k]]
                 ws = w[col0s[k]:col0s[k] + widths[k]]
@@ -390,8 +417,6 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
                     saz += cap * b
                 elif eps > 0.0 and not ignored:
                     dot += cap * _row_dot(tk, ws)
-            if not prob and not ignored:
-                zt = cap * np.float64(ths[ti])
         if ignored:
             li, gs, kk = 0.0, 0.0, 0.0
         else:
@@ -401,12 +426,12 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
         if not with_grad:
             continue
         g = gs / total
-        et = 0.0 if prob or ignored else np.float64(dst[jt])
-        tht = np.float64(ths[ti]) if cap > 0.0 and not prob and not ignored else 0.0
+        if cap == 0.0 and not prob and not ignored:
+            et = np.float64(dst[jt])
         for k in range(n_slices):
             ws = w[col0s[k]:col0s[k] + widths[k]]
             qs = q[i, col0s[k]:col0s[k] + widths[k]] if prob else q[0, :0]
-            _seg_grad(_seg(dst, bases, widths, k, i), ths[col0s[k]:col0s[k] + widths[k]] if cap > 0.0 else ths,
+            _seg_grad(_seg(dst, bases, widths, k, i), ths[col0s[k]:col0s[k] + widths[k]] if keep else ths,
                       g, kk, ws, qs, prob, eps, e_c, cap)
         if not prob and not ignored:
             dst[jt] = _target_grad(et, tht, g, kk, wt, eps, e_c, cap)
@@ -476,7 +501,10 @@ def _block_grad_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, e
         ti = -1 if prob or t[i] == ignore_index else t[i] - col0
         at = 0 <= ti < width
         et = np.float64(zs[ti]) if at else 0.0
-        tht = np.float64(ths[ti]) if at and cap > 0.0 else 0.0
+        tht = 0.0
+        if at and cap > 0.0:  # zs[ti] holds exp(z_t - m) (1 - tanh**2): the exp as the pass made it
+            tht = np.float64(ths[ti])
+            et = np.float64(_exp_same(z.dtype.type(cap) * ths[ti] - z.dtype.type(m)))
         _seg_grad(zs, ths, g, kk[i], ws, qs, prob, eps, e_c, cap)
         if at:
             zs[ti] = _target_grad(et, tht, g, kk[i], np.float64(w[t[i]]), eps, e_c, cap)

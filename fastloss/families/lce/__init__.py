@@ -37,8 +37,9 @@ Kernels
 -------
 Serial ``nogil`` Numba kernels over a run of rows (:func:`.row_kernels._rows`), run on the thread pool of
 :func:`fastloss._jit.run_chunks` (no ``prange``), built on the softmax family's row primitives. Per row, one
-pass from memory: ``exp(z - m)`` written into the gradient buffer (and, with a softcap, ``tanh(x / s)`` into a
-private row), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
+pass from memory: ``exp(z - m)`` written into the gradient buffer (with a softcap, times ``1 - tanh(x / s)**2``,
+the softcap's derivative, with ``tanh(x / s)`` kept in a private row only for probability targets or label
+smoothing), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
 the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32 data is computed in float32 (``expf``,
 ``tanhf``; exponentials summed in float32 over blocks of :data:`.row_kernels._BLOCK` elements, each
 block then added in float64); all other sums are float64.

@@ -7,6 +7,7 @@ set and the error model are chosen once.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 
@@ -61,14 +62,34 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 _FAMILIES = os.path.join(_ROOT, "families")
 
 
+#: ``from ..NAME`` in a family package's module: it borrows (and its kernels may inline) NAME's primitives
+_SIBLING_IMPORT = re.compile(r"^\s*from \.\.(\w+)", re.MULTILINE)
+
+
+def _package_files(here: str) -> list[str]:
+    return sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py"))
+
+
 def _source_files(py_file: str) -> list[str]:
     """The files whose contents a cached kernel defined in ``py_file`` depends on, ``py_file`` first:
-    ``_math.py``, and every module of its family package when ``py_file`` is in one."""
+    ``_math.py``, and when ``py_file`` is in a family package every module of that package and of the
+    sibling families its modules import from (``from ..softmax.rows import ...``: lce's kernels inline
+    softmax's row primitives)."""
     py_file = os.path.abspath(py_file)
     files = [py_file, os.path.join(_ROOT, "_math.py")]
     here = os.path.dirname(py_file)
     if os.path.dirname(here) == _FAMILIES:
-        files += sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py"))
+        own = _package_files(here)
+        files += own
+        for f in own:
+            with open(f, encoding="utf-8") as src:
+                names = _SIBLING_IMPORT.findall(src.read())
+            for name in sorted(set(names)):
+                sibling = os.path.join(_FAMILIES, name)
+                if os.path.isdir(sibling):
+                    files += _package_files(sibling)
+                elif os.path.isfile(sibling + ".py"):
+                    files.append(sibling + ".py")
     return list(dict.fromkeys(files))
 
 

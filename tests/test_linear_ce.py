@@ -324,3 +324,48 @@ def test_inputs_are_not_modified_and_nan_propagates():
         np.testing.assert_array_equal(a, c)
     assert np.isnan(v[2]) and np.isfinite(np.delete(v, 2)).all()
     assert np.isnan(g[0][2]).all() and np.isfinite(np.delete(g[0], 2, axis=0)).all()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("kind", ["index", "index-smooth", "prob"])
+def test_softcap_rows_of_several_blocks(kind, inplace):
+    """Rows longer than the row kernels' float32 block, some blocks with every |x / cap| in tanh's
+    polynomial range and some not, a partial last block: value and gradient (given in place or not)
+    against the float64 reference."""
+    rng = np.random.default_rng(7)
+    n, c = 5, 2 * lce.row_kernels._BLOCK + 77
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    x[:, 300] = 40.0  # |x / cap| > 0.625 in the first block only
+    x[1, -3] = -55.0
+    t = lce._prob_targets(rng, (n, c), np.float32) if kind == "prob" else np.array([300, 5, c - 3, 1500, 0])
+    kw = {"softcap": 6.0, "label_smoothing": 0.1 if kind != "index" else 0.0}
+    rv, (rg,) = lce.ref_cross_entropy(x.astype(np.float64), t.astype(np.float64) if kind == "prob" else t, **kw)
+    xx = x.copy()
+    v, g = fl.value_and_grad(fl.cross_entropy)(xx, t, out=xx if inplace else None, **kw)
+    assert_close(v, rv, np.float32, "value")
+    assert_close(g, rg, np.float32, "gradient")
+    assert_close(fl.cross_entropy(x, t, **kw), rv, np.float32, "value alone")
+
+
+def test_softcap_block_loops_vectorise():
+    """The softcap exp passes (both twins: logits read from another array and in place) compile to
+    float32 vector code with the fast-math flags, without scalar calls of exp or tanh."""
+    import re
+
+    import numba
+
+    from fastloss import _jit
+
+    R = lce.row_kernels
+    uncached = dict(_jit._COMMON, cache=False)
+    blk = np.linspace(-1, 1, 64).astype(np.float32)
+    f32 = np.float32
+    for fn, args in ((R._cap_block_into, (blk, np.empty_like(blk), np.empty_like(blk))),
+                     (R._cap_block_inplace, (blk.copy(), np.empty_like(blk)))):
+        loop = numba.njit(**uncached)(fn.py_func)
+        loop(*args, f32(0.25), f32(4.0), f32(1.0))
+        ir = loop.inspect_llvm(loop.signatures[0])
+        widths = {int(w) for w in re.findall(r"<(\d+) x float>", ir)}
+        assert widths and max(widths) >= 4, f"{fn.__name__}: no float32 vectors"
+        assert not re.search(r"call [^\n]*@(llvm\.)?(exp|tanh)", ir), f"{fn.__name__}: a scalar exp/tanh call"
+        assert "reassoc" in ir and "contract" in ir

@@ -6,8 +6,8 @@ Row kernel. One block per row (a grid-stride loop over rows). The block's thread
 row's classes (coalesced); each keeps an online maximum and sum of ``exp(z - m)`` of its elements,
 with ``z = softcap(x + bias)`` computed in the data's precision (``math.exp`` / ``math.tanh`` on float32
 compile to the single-precision paths) and the sums in float64. The threads' pairs and linear sums are
-merged with warp shuffles (``cuda.shfl_down_sync``) and one shared-memory step across warps; under the
-CUDA simulator, which has no shuffles, with the shared-memory tree of :mod:`fastloss._cuda_arrays`.
+merged by :mod:`fastloss._cuda_reduce`'s block reductions (warp shuffles and one shared-memory step
+across warps; shared-memory trees under the CUDA simulator).
 A second sweep over the row (from L2) writes the gradient, each element read before the same thread
 writes it, so the gradient may overwrite the logits (``linear_cross_entropy``'s chunk buffer).
 
@@ -27,74 +27,16 @@ import numpy as np
 from numba import cuda, float32, float64, int64
 
 from .. import _cuda_arrays as D
+from .. import _cuda_reduce as _R
 from .._cuda_arrays import TPB, incoming_at
-from .lce import _chunk_shape
+from .lce.linear import _chunk_shape
 
-_shared_sum, _shared_max = D.block_reductions(globals())
+_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
 #: At most this many blocks for the block-per-row kernel (it strides over the rows beyond).
 MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
-WARP = 32
-WARPS = max(1, TPB // WARP)
-
-
-# --------------------------------------------------------------------------------------------------
-# Block reductions: warp shuffles on a GPU, shared memory under the simulator
-# --------------------------------------------------------------------------------------------------
-@cuda.jit(device=True)
-def _warp_sum(v):
-    off = WARP // 2
-    while off > 0:
-        v += cuda.shfl_down_sync(0xFFFFFFFF, v, off)
-        off //= 2
-    return v
-
-
-@cuda.jit(device=True)
-def _warp_max(v):
-    off = WARP // 2
-    while off > 0:
-        o = cuda.shfl_down_sync(0xFFFFFFFF, v, off)
-        v = o if o > v else v
-        off //= 2
-    return v
-
-
-@cuda.jit(device=True)
-def _shfl_sum(buf, v):
-    """Sum of float64 ``v`` over the block (every thread gets it); ``buf`` a shared array of TPB."""
-    lane = cuda.threadIdx.x % WARP
-    warp = cuda.threadIdx.x // WARP
-    v = _warp_sum(v)
-    if lane == 0:
-        buf[warp] = v
-    cuda.syncthreads()
-    total = 0.0
-    for k in range(WARPS):  # every thread adds the warps' sums in the same order
-        total += buf[k]
-    cuda.syncthreads()
-    return total
-
-
-@cuda.jit(device=True)
-def _shfl_max(buf, v):
-    lane = cuda.threadIdx.x % WARP
-    warp = cuda.threadIdx.x // WARP
-    v = _warp_max(v)
-    if lane == 0:
-        buf[warp] = v
-    cuda.syncthreads()
-    best = buf[0]
-    for k in range(1, WARPS):
-        best = buf[k] if buf[k] > best else best
-    cuda.syncthreads()
-    return best
-
-
-if D.SIMULATOR:
-    block_sum, block_max = _shared_sum, _shared_max
-else:
-    block_sum, block_max = _shfl_sum, _shfl_max
+#: Length of the shared buffers the block reductions take (at least :data:`fastloss._cuda_reduce.BUF`).
+RBUF = max(TPB, _R.BUF)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,7 +90,7 @@ def _make_rows(ft, name):
         """Loss (float64, into ``loss_out[r]``) and, ``with_grad``, gradient (into ``gx``, which may
         be ``x``) of every row ``r`` of the ``(O, C, K)`` layout of ``x``; row ``r`` reads the incoming
         gradient of loss element ``row0 + r`` (element 0 when ``reduce``)."""
-        buf = cuda.shared.array(TPB, float64)
+        buf = cuda.shared.array(RBUF, float64)
         tid = cuda.threadIdx.x
         R = x.shape[0] // C
         e_c = eps / C
@@ -253,13 +195,13 @@ def rows_kernel(dtype):
 @cuda.jit
 def _target_weights(t, w, has_w, ignore, parts):
     """Per-block partial sums of ``w[t_r]`` over non-ignored targets (the ``'mean'`` denominator)."""
-    buf = cuda.shared.array(TPB, float64)
+    buf = cuda.shared.array(RBUF, float64)
     acc = 0.0
     for r in range(cuda.grid(1), t.shape[0], cuda.gridsize(1)):
         ti = int64(t[r])
         if ti != ignore:
             acc += class_weight(w, has_w, ti)
-    total = _shared_sum(buf, acc)
+    total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
 

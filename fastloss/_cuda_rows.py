@@ -19,8 +19,6 @@ function bound this way compiles (or, simulated, runs) only where a kernel calls
 """
 from __future__ import annotations
 
-import types
-
 from numba import cuda
 
 from . import _cuda_reduce as _R
@@ -106,9 +104,4 @@ def install(namespace: dict) -> None:
     ``WARP``), then ``row_slots``, ``row_sum``, ``row_max``, ``leave_partial`` and ``cast`` as device
     functions bound to ``namespace`` (a kernel module's ``globals()``)."""
     _R.install(namespace)
-    for name, fn in _DEVICE.items():
-        if name in namespace:
-            raise RuntimeError(f"install(): the module already defines {name!r}")
-        rebound = types.FunctionType(fn.__code__, namespace, name)
-        rebound.__doc__ = fn.__doc__
-        namespace[name] = cuda.jit(device=True)(rebound)
+    _R.bind(namespace, _DEVICE)

@@ -55,7 +55,7 @@ Where to find what:
   of the mean's denominator.
 * :mod:`.drivers`: the drivers called by :mod:`fastloss.api` (layout, buffers, launches).
 
-The thread's place in its row group and the group's reductions are :mod:`fastloss._cuda_rows`'.
+A thread's place in its row group and the group's reductions come from :mod:`fastloss._cuda_rows`.
 """
 from .drivers import cross_entropy, log_softmax, nll, softmax
 from .rows import ROW_BLOCK_MIN_C

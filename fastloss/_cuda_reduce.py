@@ -160,7 +160,13 @@ def install(namespace: dict) -> None:
     for name, value in (("WARP", WARP), ("FULL_MASK", FULL_MASK), ("math", math)):
         if namespace.setdefault(name, value) is not value:
             raise RuntimeError(f"install(): the module's {name!r} is not _cuda_reduce's")
-    for name, fn in _IMPLEMENTATIONS.items():
+    bind(namespace, _IMPLEMENTATIONS)
+
+
+def bind(namespace: dict, templates: dict) -> None:
+    """Compile each ``templates[name]`` as a device function whose globals are ``namespace`` (so that the
+    names it reads are that module's) and put it there as ``name``, which must be free."""
+    for name, fn in templates.items():
         if name in namespace:
             raise RuntimeError(f"install(): the module already defines {name!r}")
         rebound = types.FunctionType(fn.__code__, namespace, name)

@@ -15,7 +15,8 @@ from numba import boolean, cuda, float32, float64, int32, int64, uint8
 from numba.cuda import dispatcher
 
 from fastloss.families import ranking_cuda as RK
-from fastloss.families import softmax_cuda as S
+from fastloss.families.softmax_cuda import ce_kernels as CE
+from fastloss.families.softmax_cuda import softmax_kernels as S
 from fastloss.families import triplet_cuda as TR
 
 TARGETS = ((7, 5), (8, 0), (9, 0))
@@ -32,14 +33,14 @@ def signatures():
         yield f"softmax_rows[{dt}]", S._softmax_rows, (A, int64, int64, int64, int64, boolean, A, boolean, float64,
                                                        A, int64, A)
         for tt in (int64, int32, uint8, dt):
-            yield f"ce_rows[{dt},{tt}]", S._ce_rows, (A, int64, int64, int64, int64, int64, arr(tt), A, boolean,
+            yield f"ce_rows[{dt},{tt}]", CE._ce_rows, (A, int64, int64, int64, int64, int64, arr(tt), A, boolean,
                                                       int64, float64, boolean, A, P, boolean, float64, A, int64,
                                                       float64, P, boolean, A)
         for tt in (int64, int32):
             yield f"nll_rows[{dt},{tt}]", S._nll_rows, (A, int64, int64, arr(tt), A, boolean, int64, boolean, A, P)
             yield f"nll_lines[{dt},{tt}]", S._nll_lines, (A, int64, int64, int64, int64, arr(tt), A, boolean, int64,
                                                           boolean, A, P, float64, A, int64, float64, P, boolean, A)
-            yield f"target_weight_sum[{dt},{tt}]", S._target_weight_sum, (arr(tt), A, boolean, int64, P)
+            yield f"target_weight_sum[{dt},{tt}]", CE._target_weight_sum, (arr(tt), A, boolean, int64, P)
         yield f"elementwise[{dt}]", RK._elementwise, (int64, A, A, A, float64) + G3 + (A, A, P)
         yield f"cosine_rows[{dt}]", RK._cosine_rows, (A, A, A, int64, int64, int64, float64) + G3 + (A, A, P)
         yield f"triplet_rows[{dt}]", TR._triplet_rows, (A, A, A, int64, int64, int64, float64, float64, boolean,

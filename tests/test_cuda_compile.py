@@ -87,7 +87,7 @@ def test_fast_pointwise_kernel_ptx_streams_float32_without_integer_division():
         "if why: print(why); sys.exit(3)\n"
         "c.target((9, 0))\n"
         "from numba import cuda\n"
-        "from fastloss.families import pointwise_cuda as pc\n"
+        "from fastloss.families.pointwise_cuda import kernels as pc\n"
         f"sig = tuple(c.parse_type(t) for t in {FAST_F32_TYPES!r})\n"
         "ptx, _ = cuda.compile_ptx(pc._fast_f32.py_func, sig, cc=(9, 0))\n"
         "print(json.dumps({op: len(re.findall(op, ptx)) for op in "

@@ -32,41 +32,19 @@ from numba import cuda, float64, int32, int64, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
+from .. import _cuda_rows as _rows
 from .._cuda_arrays import incoming_at
+from .._cuda_rows import MAX_ROW_BLOCKS, PER_THREAD, ROW_THREADS, launch_shape, row_group
 from .margin import margin_point
 
-_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
+_rows.install(globals())  # group_sum, block_sum, block_max, row_slots, row_sum, leave_partial, cast, WARP
 
 #: The one-point maths of the CPU kernels, as a device function.
 point = cuda.jit(device=True)(margin_point)
 
-#: Most threads per row (a power of two): a block of that many holds one row.
-ROW_THREADS = 16 if D.SIMULATOR else 512
-#: Classes per thread aimed at for rows longer than a warp.
-PER_THREAD = 2 if D.SIMULATOR else 8
 #: Threads per block when a block holds several rows (groups of at most a warp).
 ROWS_BLOCK = 8 if D.SIMULATOR else 256
-#: At most this many blocks per launch (they stride over the rows beyond); also the partials' length.
-MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
 BUF = _R.BUF
-
-
-def row_group(C: int) -> int:
-    """Lanes per row ``G`` of the multi-margin kernel (a power of two)."""
-    if C <= WARP:
-        return _R.group_size(C)
-    g = 1
-    while g * PER_THREAD < C and g < ROW_THREADS:
-        g *= 2
-    return g
-
-
-def launch_shape(R: int, G: int):
-    """``(blocks, threads)`` over ``R`` rows of ``G`` lanes: a block per row when ``G`` exceeds a warp
-    (block reductions), else ``ROWS_BLOCK`` threads holding several rows (warp reductions)."""
-    threads = G if G > WARP else ROWS_BLOCK
-    per_block = threads // G
-    return max(1, min(MAX_ROW_BLOCKS, -(-R // per_block))), threads
 
 
 def block_threads(C: int) -> int:
@@ -75,29 +53,6 @@ def block_threads(C: int) -> int:
     while g * PER_THREAD < C and g < ROW_THREADS:
         g *= 2
     return g
-
-
-@cuda.jit(device=True)
-def cast(tmp, v):
-    """``v`` converted to the data's dtype (``tmp``: a one-element local array of that dtype)."""
-    tmp[0] = v
-    return tmp[0]
-
-
-@cuda.jit(device=True)
-def row_sum(buf, v, G):
-    """Sum of float64 ``v`` over the row's ``G`` lanes (part of a warp, or the whole block)."""
-    if G <= WARP:
-        return group_sum(buf, v, G)
-    return block_sum(buf, v)
-
-
-@cuda.jit(device=True)
-def leave_partial(buf, acc, parts):
-    """The block's sum of the threads' ``acc`` into ``parts[blockIdx.x]`` (all threads call it)."""
-    total = block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        parts[cuda.blockIdx.x] = total
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,12 +67,9 @@ def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_ou
     buf = cuda.shared.array(BUF, float64)
     tmp = cuda.local.array(1, x.dtype)
     zero, one = cast(tmp, 0.0), cast(tmp, 1.0)
-    tid = cuda.threadIdx.x
-    lane = tid & (G - 1)
-    per_block = cuda.blockDim.x // G
-    sub = tid // G
+    lane, sub, start, step = row_slots(G)
     acc = 0.0
-    for first in range(cuda.blockIdx.x * per_block, R, cuda.gridDim.x * per_block):
+    for first in range(start, R, step):
         r = first + sub
         live = r < R
         s, d = zero, zero
@@ -296,7 +248,7 @@ def multi_margin(x, t, p, margin, w, reduction, grad):
     has_w = w is not None
     wf = D.contiguous(w) if has_w else rows.xf
     G = row_group(n_cls)
-    blocks, threads = launch_shape(n, G)
+    blocks, threads = launch_shape(n, G, ROWS_BLOCK)
     parts = _R.scratch(blocks if n else 0, rows.x, "parts")
     if n:
         D.launch(_multi_margin_rows, blocks, rows.x, rows.xf, n, n_cls, G, rows.tf, wf, has_w, float(margin),

@@ -23,32 +23,24 @@ from numba import cuda, float64, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
+from .. import _cuda_rows as _rows
 from .._cuda_arrays import incoming_at
+from .._cuda_rows import launch_shape
 from .ranking import COSINE_EPS  # torch's float32 EPSILON: one definition for both backends
 
-_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
+_rows.install(globals())  # group_sum, block_sum, row_slots, leave_partial, cast, WARP
 
 # Kinds of the element-wise kernel.
 MARGIN_RANKING, HINGE_EMBEDDING = 0, 1
 #: Threads per block of the row kernels (several groups of at most a warp each).
 ROWS_BLOCK = 8 if D.SIMULATOR else 256
-#: At most this many blocks per row-kernel launch (they stride over the rows beyond).
-MAX_ROW_BLOCKS = 3 if D.SIMULATOR else 8192
 BUF = _R.BUF
 
 
 def row_launch(rows: int, width: int):
     """``(G, blocks, threads)`` of a row kernel: ``G`` lanes per row, several rows per block."""
     G = _R.group_size(width)
-    per_block = ROWS_BLOCK // G
-    return G, max(1, min(MAX_ROW_BLOCKS, -(-rows // per_block))), ROWS_BLOCK
-
-
-@cuda.jit(device=True)
-def cast(tmp, v):
-    """``v`` converted to the data's dtype (``tmp``: a one-element local array of that dtype)."""
-    tmp[0] = v
-    return tmp[0]
+    return (G, *launch_shape(rows, G, ROWS_BLOCK))
 
 
 @cuda.jit(device=True)
@@ -97,9 +89,7 @@ def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, 
             g1[i] = d1
             if kind == MARGIN_RANKING:
                 g2[i] = d2
-    total = block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        parts[cuda.blockIdx.x] = total
+    leave_partial(buf, acc, parts)
 
 
 @cuda.jit
@@ -120,12 +110,9 @@ def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad,
     buf = cuda.shared.array(BUF, float64)
     tmp = cuda.local.array(1, x1.dtype)
     zero = cast(tmp, 0.0)
-    tid = cuda.threadIdx.x
-    lane = tid & (G - 1)
-    per_block = cuda.blockDim.x // G
-    sub = tid // G
+    lane, sub, start, step = row_slots(G)
     acc = 0.0
-    for first in range(cuda.blockIdx.x * per_block, rows, cuda.gridDim.x * per_block):
+    for first in range(start, rows, step):
         r = first + sub
         live = r < rows
         base = r * width
@@ -179,9 +166,7 @@ def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad,
                 g1[uint64(i)] = cp * b + b1 * a
                 g2[uint64(i)] = cp * a + b2 * b
                 i += G
-    total = block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        parts[cuda.blockIdx.x] = total
+    leave_partial(buf, acc, parts)
 
 
 # --------------------------------------------------------------------------------------------------

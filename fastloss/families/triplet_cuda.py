@@ -24,11 +24,11 @@ import numpy as np
 from numba import cuda, float64, uint64
 
 from .. import _cuda_arrays as D
-from .. import _cuda_reduce as _R
+from .. import _cuda_rows as _rows
 from .._cuda_arrays import incoming_at
-from .ranking_cuda import BUF, Launch, cast, row_launch
+from .ranking_cuda import BUF, Launch, row_launch
 
-_R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
+_rows.install(globals())  # group_sum, group_max, block_sum, row_slots, leave_partial, cast, WARP
 
 # How the p-norm of a difference vector is computed and differentiated.
 NORM_ONE, NORM_TWO, NORM_THREE, NORM_POW, NORM_MAX, NORM_MIN, NORM_COUNT = range(7)
@@ -191,12 +191,9 @@ def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
     tmp = cuda.local.array(1, a.dtype)
     zero = cast(tmp, 0.0)
     eps_d = cast(tmp, eps)
-    tid = cuda.threadIdx.x
-    lane = tid & (G - 1)
-    per_block = cuda.blockDim.x // G
-    sub = tid // G
+    lane, sub, start, step = row_slots(G)
     acc = 0.0
-    for first in range(cuda.blockIdx.x * per_block, rows, cuda.gridDim.x * per_block):
+    for first in range(start, rows, step):
         r = first + sub
         live = r < rows
         base = r * width
@@ -258,9 +255,7 @@ def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
                     gp[j] = dw - du
                     gn[j] = -dv - dw
                     i += G
-    total = block_sum(buf, acc)
-    if cuda.threadIdx.x == 0:
-        parts[cuda.blockIdx.x] = total
+    leave_partial(buf, acc, parts)
 
 
 @D.on_input_device

@@ -7,7 +7,7 @@ Losses: ``l1_loss``, ``mse_loss``, ``smooth_l1_loss``, ``huber_loss``, ``mape_lo
 Where to find what:
 
 * :mod:`.points`: the **one-point functions** (plain Python of scalars): each formula and its derivative,
-  written once and compiled for the CPU (:mod:`.blocks`) and for CUDA (``pointwise_cuda.py``).
+  written once and compiled for the CPU (:mod:`.blocks`) and for CUDA (:mod:`fastloss.families.pointwise_cuda`).
 * :mod:`.loops`: the CPU machinery every loss shares (chunk routine, direct path, broadcast operands,
   chunking of the parallel loop).
 * :mod:`.blocks`: each loss's CPU kernels (block loop, chunk kernel, direct-path kernel).

@@ -49,8 +49,11 @@ print(json.dumps({"import": t1 - t0, "first": t3 - t2, "first_cpu": c3 - c2, "se
 """
 
 
-def sample(path: str, cache_dir: str) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=os.path.abspath(path))
+def sample(path: str, cache_dir: str, pycache: str) -> dict:
+    # bytecode as an installed package has it (written once, to a folder of this run's, not into
+    # the checkout), whatever PYTHONDONTWRITEBYTECODE says here
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=os.path.abspath(path), PYTHONPYCACHEPREFIX=pycache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -66,18 +69,21 @@ def main(argv=None) -> None:
     root = tempfile.mkdtemp(prefix="fastloss-first-call-")
     try:
         caches = {path: os.path.join(root, f"cache{i}") for i, path in enumerate(paths)}
+        pycaches = {path: os.path.join(root, f"pycache{i}") for i, path in enumerate(paths)}
+        for path in paths:  # bytecode first, so that no sample compiles Python source
+            sample(path, os.path.join(root, "scratch"), pycaches[path])
         for _ in range(args.empty):
             for path in paths:
                 shutil.rmtree(caches[path], ignore_errors=True)
                 os.makedirs(caches[path])
-                results[path]["empty"].append(sample(path, caches[path]))
+                results[path]["empty"].append(sample(path, caches[path], pycaches[path]))
         if not args.empty:  # fill each checkout's cache once (the empty samples did otherwise)
             for path in paths:
                 os.makedirs(caches[path])
-                sample(path, caches[path])
+                sample(path, caches[path], pycaches[path])
         for _ in range(args.warm):
             for path in paths:
-                results[path]["warm"].append(sample(path, caches[path]))
+                results[path]["warm"].append(sample(path, caches[path], pycaches[path]))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for path in paths:

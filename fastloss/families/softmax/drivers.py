@@ -216,9 +216,10 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
             gvec = np.array(np.broadcast_to(grad.array(loss_shape, np.float64), loss_shape)).reshape(-1)
         else:
             g = grad.scalar()
-    x2 = xc.reshape(-1, n_cls)
+    # (a reshape costs a small call about as much as a tenth of its kernel: only where needed)
+    x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
     if with_grad:
-        o2, row = out.reshape(-1, n_cls), _empty(x.dtype, 1)
+        o2, row = (out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
     else:  # no gradient buffer; the kernel's scratch row of exponentials
         o2, row = _no_gradient(x2), np.empty(n_cls, x.dtype)
     if t.dtype.kind == "f":
@@ -227,8 +228,9 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
                                        row)
     else:
         tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
-        total, den, bad = _ce_index_small(x2, tk.reshape(-1), wc, ignore_index, eps, g, gvec, reduction == "mean",
-                                          o2, with_grad, inplace, loss, row)
+        tk = tk if tk.ndim == 1 else tk.reshape(-1)
+        total, den, bad = _ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean", o2, with_grad,
+                                          inplace, loss, row)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
     value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)

@@ -45,7 +45,7 @@ t3 = time.perf_counter()
 c3 = time.process_time()
 f(x, t)
 t4 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "first": t3 - t2, "first_cpu": c3 - c2, "second": t4 - t3}))
+print(json.dumps({"file": fastloss.__file__, "import": t1 - t0, "first": t3 - t2, "first_cpu": c3 - c2, "second": t4 - t3}))
 """
 
 
@@ -54,8 +54,14 @@ def sample(path: str, cache_dir: str, pycache: str) -> dict:
     # the checkout), whatever PYTHONDONTWRITEBYTECODE says here
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=os.path.abspath(path), PYTHONPYCACHEPREFIX=pycache)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    # run from the cache's folder: `python -c` puts the working directory first on sys.path, and a
+    # checkout there would shadow PYTHONPATH's
+    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(cache_dir))
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if not out.pop("file").startswith(os.path.abspath(path) + os.sep):
+        raise RuntimeError(f"the sample of {path} imported another fastloss")
+    return out
 
 
 def main(argv=None) -> None:

@@ -228,6 +228,30 @@ def test_nan_and_inf_logits_as_torch(options, dtype):
 
 @needs_torch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_calls_nan_inf_and_zeros_anywhere_in_a_row(dtype):
+    """The small-call kernels take a row's max as a vectorised ``llvm.maximum`` reduction (not the
+    order keys of the row kernels): a NaN of either sign, +inf or a signed zero at any position of a
+    row longer than a vector (its body and its remainder) gives PyTorch's results, and so does a
+    logit of 1000 there (exp overflows unless the max found it)."""
+    rng = np.random.default_rng(5)
+    n_cls = 37
+    x = rng.standard_normal((5 * n_cls, n_cls))
+    for c in range(n_cls):
+        x[c, c] = np.nan
+        x[n_cls + c, c] = np.copysign(np.nan, -1.0)
+        x[2 * n_cls + c, c] = np.inf
+        x[3 * n_cls + c, :] = -1.0
+        x[3 * n_cls + c, c] = 0.0 if c % 2 else -0.0
+        x[4 * n_cls + c, c] = 1000.0
+    t = rng.integers(0, n_cls, x.shape[0])
+    assert x.size < family.MIN_CHUNK  # the small-call path
+    _check_against_torch(fl.cross_entropy, F.cross_entropy, x, t, dtype=dtype, reduction="none")
+    _check_against_torch(fl.cross_entropy, F.cross_entropy, x, t, dtype=dtype, reduction="none",
+                         label_smoothing=0.1)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nan_and_inf_with_probability_targets_as_torch(dtype):
     """-inf logits meet zero probabilities: 0 * -inf is NaN in the loss, the gradient stays finite."""
     x = np.array(NAN_INF_ROWS)

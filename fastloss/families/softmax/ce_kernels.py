@@ -19,13 +19,15 @@ scales it in place; loops touching one array only, so they vectorise (a loop rea
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from ... import _jit
 from ..._math import _fsub, log
-from .rows import (_BLOCK, _SHORT_ROWS, _chunk, _exp_same, _float_of_key, _index_scan, _int_view, _items_total,
-                   _loop, _lowest_key, _next_row, _order_key, _row_dot, _row_exp, _row_max, _row_scale,
-                   _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block, _tile_blocks, _tile_dot,
-                   _tile_exp, _tile_max, _tile_sum_exp, _tile_to_rows)
+from .rows import (_BLOCK, _SHORT_ROWS, _chunk, _exp_same, _index_scan, _items_total, _loop, _next_row, _row_dot,
+                   _row_exp, _row_max, _row_scale, _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block,
+                   _tile_blocks, _tile_dot, _tile_exp, _tile_max, _tile_sum_exp, _tile_to_rows)
 
 
 # ================================================================================================
@@ -159,15 +161,32 @@ def _ce_prob_rows(k, n_chunks, x, q, w, eps, coef, out, with_grad, inplace, loss
 # ================================================================================================
 # Small calls: the whole call on the calling thread, one row at a time in plain loops
 # ================================================================================================
+@intrinsic
+def _fmaximum(typingctx, a, b):
+    """IEEE 754-2019 ``maximum(a, b)`` of two floats of one type (LLVM ``llvm.maximum``): NaN if
+    either is NaN, ``-0 < +0``. A loop of them is a reduction LLVM vectorises (a float
+    compare-and-select is not, without 'nnan'), and it is typed in one step, where the order keys of
+    :func:`.rows._row_max` cost seconds of compilation through their width-dependent overloads."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(signature.return_type)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]),
+                                            f"llvm.maximum.f{a.bitwidth}")
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
 @_jit.device
 def _small_max(xs):
-    """:func:`.rows._row_max` inlined: the max over the order keys of ``xs``'s floats (a vectorised
-    integer max), of ``xs``'s dtype."""
-    bits = _int_view(xs)
-    best = _lowest_key(xs)
-    for c in range(bits.size):
-        best = max(best, _order_key(bits[c]))
-    return _float_of_key(best)
+    """``max(xs)`` of a non-empty row, NaN if it holds one (:func:`.rows._row_max` skips NaNs whose
+    sign bit is set; the row's sum of exponentials is NaN either way, and so is all that follows)."""
+    m = xs[0]
+    for c in range(1, xs.size):
+        m = _fmaximum(m, xs[c])
+    return m
 
 
 @_jit.device
@@ -195,6 +214,13 @@ def _small_exp(os, xs, m, inplace):
     return s
 
 
+# The small kernels take these primitives inlined (compiled from the same source), not as kernels
+# of their own: a first call then compiles one kernel, not four, and a warm one loads one from the cache.
+_small_scan = _jit.device(_index_scan.py_func)
+_small_sum = _jit.device(_row_sum.py_func)
+_small_dot = _jit.device(_row_dot.py_func)
+
+
 @_jit.device
 def _row_factor(i, g, gvec, mean, den):
     """Row ``i``'s factor on its loss gradient: ``grad_output`` (``gvec[i]`` when ``gvec`` is not
@@ -205,12 +231,19 @@ def _row_factor(i, g, gvec, mean, den):
     return gi
 
 
-@_loop
-def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss):
+#: The small kernels allocate nothing (the driver hands them a scratch row): compiled without Numba's
+#: runtime, a warm first call loads them without compiling the runtime and without the module of
+#: ``np.empty``'s implementation (0.2-0.5 s together, measured under load).
+_small_loop = _jit.kernel(parallel=False, nrt=False)
+
+
+@_small_loop
+def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
     may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
-    it is empty.
+    it is empty; ``row`` (of ``C`` floats, or any size with ``with_grad``) is scratch for the exponentials
+    of a value-only call.
 
     Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
     the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
@@ -222,12 +255,11 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
     a few seconds less than the pipelined row kernels or the transposed tiles of the short rows.
     """
     n_cls = x.shape[1]
-    den, bad = _index_scan(t, w, ignore_index, n_cls)
+    den, bad = _small_scan(t, w, ignore_index, n_cls)
     if bad >= 0:
         return 0.0, den, bad
     e_c = eps / n_cls
-    wsum = _row_sum(w) if eps > 0.0 else 0.0
-    row = np.empty(0 if with_grad else n_cls, dtype=x.dtype)  # the exponentials of a value-only call
+    wsum = _small_sum(w) if eps > 0.0 else 0.0
     total = 0.0
     for i in range(x.shape[0]):
         xs = x[i]
@@ -237,7 +269,7 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
         # what the loss needs, read before the gradient may overwrite xs (in place)
         wt = 0.0 if ignored else np.float64(w[ti])
         xt = 0.0 if ignored else np.float64(xs[ti])
-        dot = _row_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+        dot = _small_dot(xs, w) if eps > 0.0 and not ignored else 0.0
         os = out[i] if with_grad else row
         s = _small_exp(os, xs, m, inplace)
         lse = m + log(s)
@@ -263,8 +295,8 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
     return total, den, -1
 
 
-@_loop
-def _ce_prob_small(x, q, w, eps, g, gvec, mean, out, with_grad, inplace, loss):
+@_small_loop
+def _ce_prob_small(x, q, w, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
     """:func:`_ce_index_small` with class probabilities ``q (R, C)``; returns ``(total, R, -1)`` (the
     'mean' divisor is the number of rows).
 
@@ -275,7 +307,6 @@ def _ce_prob_small(x, q, w, eps, g, gvec, mean, out, with_grad, inplace, loss):
     n_rows, n_cls = x.shape
     den = np.float64(n_rows)
     e_c = eps / n_cls
-    row = np.empty(0 if with_grad else n_cls, dtype=x.dtype)  # the exponentials of a value-only call
     total = -0.0
     for i in range(n_rows):
         xs = x[i]

@@ -216,15 +216,21 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
             gvec = np.array(np.broadcast_to(grad.array(loss_shape, np.float64), loss_shape)).reshape(-1)
         else:
             g = grad.scalar()
-    x2 = xc.reshape(-1, n_cls)
-    o2 = out.reshape(-1, n_cls) if with_grad else _no_gradient(x2)
+    # (a reshape costs a small call about as much as a tenth of its kernel: only where needed)
+    x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
+    if with_grad:
+        o2, row = (out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
+    else:  # no gradient buffer; the kernel's scratch row of exponentials
+        o2, row = _no_gradient(x2), np.empty(n_cls, x.dtype)
     if t.dtype.kind == "f":
         q = np.ascontiguousarray(t).reshape(x2.shape)
-        total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss)
+        total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss,
+                                       row)
     else:
         tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
-        total, den, bad = _ce_index_small(x2, tk.reshape(-1), wc, ignore_index, eps, g, gvec, reduction == "mean",
-                                          o2, with_grad, inplace, loss)
+        tk = tk if tk.ndim == 1 else tk.reshape(-1)
+        total, den, bad = _ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean", o2, with_grad,
+                                          inplace, loss, row)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
     value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)
@@ -246,10 +252,15 @@ _NO_GRADIENT = {}
 
 def _no_gradient(x):
     """The stand-in gradient buffer of a value-only call: an empty array of ``x``'s dtype and rank."""
-    key = (x.dtype, x.ndim)
+    return _empty(x.dtype, x.ndim)
+
+
+def _empty(dtype, ndim):
+    """An empty array of ``dtype`` and ``ndim`` dimensions (cached): a stand-in kernels do not read."""
+    key = (dtype, ndim)
     a = _NO_GRADIENT.get(key)
     if a is None:
-        a = _NO_GRADIENT[key] = np.empty((0,) + (1,) * (x.ndim - 1), dtype=x.dtype)
+        a = _NO_GRADIENT[key] = np.empty((0,) + (1,) * (ndim - 1), dtype=dtype)
     return a
 
 def nll(x, t, w, ignore_index, reduction, grad):

@@ -62,7 +62,7 @@ def test_point_functions_agree_with_their_cpu_compilation(fn):
     second = [0.0, 0.3, 1.0, 2.0]
     compiled = getattr(pw.P, fn.__name__)
     for i, a in enumerate(points):
-        args = (a, second[i % len(second)], 1.5, 0.25, 0.6)[:nargs]
+        args = (a, second[i % len(second)], 1.5, 0.25, 0.6, 0.8)[:nargs]
         if fn.__name__.startswith(("bce_point", "bce_point_grad")):
             args = (min(max(abs(a) / 4, 0.0), 1.0) if a == a else a,) + args[1:]
         assert_same(compiled(*args), fn(*args), rtol=1e-14)

@@ -145,6 +145,56 @@ def test_sigmoid_focal_large_logits_are_finite_and_as_torch(alpha, gamma):
         _close(g[keep], tg.numpy(), 1e-9, 1e-300)
 
 
+FOCAL_GAMMAS = [0.0, 1.0, 2.0, 3.0, 0.5, 1.5, 2.5, 4.0]  # the kernels' pairs for 0-3, any other by log and exp
+
+
+@needs_torch
+@pytest.mark.parametrize("gamma", FOCAL_GAMMAS)
+def test_sigmoid_focal_each_gamma_path_as_torch_over_many_blocks(gamma):
+    """Every power the kernels specialise (gamma 0, 1, 2, 3) and the general one, on inputs of several
+    blocks, hard and soft targets, per element: float64 as torch, float32 within 2e-5 of float64."""
+    rng = np.random.default_rng(11)
+    n = 3 * pw.BLOCK + 7
+    x = rng.standard_normal(n) * 4.0
+    t = np.where(rng.uniform(size=n) < 0.5, (rng.uniform(size=n) < 0.3).astype(np.float64), rng.uniform(size=n))
+    go = rng.uniform(0.5, 1.5, n)
+    value, g = fl.value_and_grad(fl.sigmoid_focal_loss)(x, t, alpha=0.25, gamma=gamma, grad_output=go)
+    xt = _t(x, True)
+    tv = pw.TORCH["sigmoid_focal_loss"](torch, xt, _t(t), alpha=0.25, gamma=gamma)
+    (tg,) = torch.autograd.grad(tv, xt, grad_outputs=_t(go))
+    _close(value, tv.detach().numpy(), 1e-9, 1e-300)
+    _close(g, tg.numpy(), 1e-9, 1e-300)
+    v32, g32 = fl.value_and_grad(fl.sigmoid_focal_loss)(x.astype(np.float32), t.astype(np.float32), alpha=0.25,
+                                                        gamma=gamma, grad_output=go.astype(np.float32))
+    ref, (rg,) = pw.REFERENCE["sigmoid_focal_loss"](x.astype(np.float32), t.astype(np.float32), alpha=0.25,
+                                                    gamma=gamma, grad_output=go.astype(np.float32))
+    np.testing.assert_allclose(v32, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(g32, rg, rtol=2e-5, atol=2e-5 * np.abs(rg).max())
+    for reduction in ("mean", "sum"):
+        v32 = fl.sigmoid_focal_loss(x.astype(np.float32), t.astype(np.float32), gamma=gamma, reduction=reduction)
+        ref, _ = pw.REFERENCE["sigmoid_focal_loss"](x.astype(np.float32), t.astype(np.float32), gamma=gamma,
+                                                   reduction=reduction)
+        np.testing.assert_allclose(float(v32), ref, rtol=2e-5)
+
+
+@needs_torch
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_focal_integer_gamma_of_targets_outside_0_1_as_torch(gamma, dtype):
+    """1 - p_t < 0 (a target above 1): torch.pow of a negative base to an integer power is real, and so
+    is the focal loss, by the multiplication the kernels use for these gammas."""
+    x = np.array([-3.0, -0.5, 0.0, 0.7, 2.0, 4.0] * 300, dtype)
+    t = np.full_like(x, 1.5)
+    value, g = fl.value_and_grad(fl.sigmoid_focal_loss)(x, t, gamma=gamma)
+    xt = _t(x, True)
+    tv = pw.TORCH["sigmoid_focal_loss"](torch, xt, _t(t), gamma=gamma)
+    (tg,) = torch.autograd.grad(tv, xt, grad_outputs=torch.ones_like(tv))
+    tol = 2e-5 if dtype == np.float32 else 1e-9
+    assert np.isfinite(value).all() and np.isfinite(g).all()
+    _close(value, tv.detach().numpy(), tol, tol * np.abs(tv.detach().numpy()).max())
+    _close(g, tg.numpy(), tol, tol * np.abs(tg.numpy()).max())
+
+
 @needs_torch
 def test_multilabel_soft_margin_nd_input_and_broadcast_weight_as_torch():
     rng = np.random.default_rng(3)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..._jit import device, kernel
 from ..._math import exp, expf, log, log1p, log1pf, logf
-from .loops import _chunk, _direct
+from .loops import _chunk, _chunk32, _direct
 from .points import compile_point_functions
 
 #: The one-point functions compiled for the CPU (inlined into the loops below).
@@ -84,12 +84,12 @@ def _bce_logits_block(a, xs, ts, pws, f, d):
 
 @device
 def _bce_logits_f32_block(a, xs, ts, pws, f, d):
-    # float32 data: the per-element terms in float32 (8 lanes, float32 exp / log1p: 2e-7 relative);
-    # stored to the float64 f, d, so that the sums and the chain rule stay in float64.
+    # float32 data: the per-element terms in float32 (8 lanes, float32 exp / log1p: 2e-7 relative), into
+    # float32 f, d (_chunk32); the sums and the chain rule that follow are float64.
     for j in range(xs.size):
         f[j] = P32.exp_neg_abs_point(xs[j])
     for j in range(xs.size):
-        xj, tj, pj, e = xs[j], ts[j], pws[j], np.float32(f[j])
+        xj, tj, pj, e = xs[j], ts[j], pws[j], f[j]
         f[j] = P32.bce_logits_point_e(xj, tj, pj, e)
         d[j] = P32.bce_logits_point_grad_e(xj, tj, pj, e)
 
@@ -183,24 +183,69 @@ def _soft_margin_block(a, xs, ts, pws, f, d):
 
 @device
 def _soft_margin_f32_block(a, xs, ts, pws, f, d):
-    # float32 data: the per-element terms in float32 arithmetic (as _bce_logits_f32_block)
+    # float32 data: the per-element terms in float32 arithmetic, f and d float32 (as _bce_logits_f32_block)
     for j in range(xs.size):
         f[j] = P32.exp_neg_abs_point(ts[j] * xs[j])
     for j in range(xs.size):
-        xj, tj, e = xs[j], ts[j], np.float32(f[j])
+        xj, tj, e = xs[j], ts[j], f[j]
         f[j] = P32.soft_margin_point_e(xj, tj, e)
         d[j] = P32.soft_margin_point_grad_e(xj, tj, e)
 
 
-# Sigmoid focal loss: gamma as `a`, alpha as the `pws` operand (a constant).
+# Sigmoid focal loss: gamma as `a`, alpha as the `pws` operand (a constant). The power (1 - p_t)**gamma
+# and its derivative come from the pair (power, dpower) chosen for gamma once per block,
+# so that each loop evaluates one of them: gamma 0 to 3 by multiplication, any other by one log and
+# one exp.
+@device
+def _focal_loop(power, dpower, gamma, xs, ts, pws, f, d):
+    # f holds exp(-|x|) on entry
+    for j in range(xs.size):
+        xj, tj, alpha, e = np.float64(xs[j]), np.float64(ts[j]), np.float64(pws[j]), f[j]
+        q = P.focal_q_e(xj, tj, e)
+        qg, dqg = power(q, gamma), dpower(q, gamma)
+        f[j] = P.sigmoid_focal_point_qg_e(xj, tj, alpha, e, qg)
+        d[j] = P.sigmoid_focal_point_grad_qg_e(xj, tj, alpha, e, qg, dqg)
+
+
+@device
+def _focal_f32_loop(power, dpower, gamma, xs, ts, pws, f, d):
+    # _focal_loop in float32 arithmetic (P32), f and d float32
+    for j in range(xs.size):
+        xj, tj, alpha, e = xs[j], ts[j], pws[j], f[j]
+        q = P32.focal_q_e(xj, tj, e)
+        qg, dqg = power(q, gamma), dpower(q, gamma)
+        f[j] = P32.sigmoid_focal_point_qg_e(xj, tj, alpha, e, qg)
+        d[j] = P32.sigmoid_focal_point_grad_qg_e(xj, tj, alpha, e, qg, dqg)
+
+
+@device
+def _focal_f32_general(gamma, xs, ts, pws, f, d):
+    # any other gamma: q**(gamma - 1) (a log and an exp) in a loop of its own, into d; the power and its
+    # derivative are q q**(gamma - 1) and gamma q**(gamma - 1) (focal_pow, focal_dpow)
+    for j in range(xs.size):
+        d[j] = P32.focal_pow_m1(P32.focal_q_e(xs[j], ts[j], f[j]), gamma)
+    for j in range(xs.size):
+        xj, tj, alpha, e, m = xs[j], ts[j], pws[j], f[j], d[j]
+        q = P32.focal_q_e(xj, tj, e)
+        qg, dqg = q * m, gamma * m
+        f[j] = P32.sigmoid_focal_point_qg_e(xj, tj, alpha, e, qg)
+        d[j] = P32.sigmoid_focal_point_grad_qg_e(xj, tj, alpha, e, qg, dqg)
+
+
 @device
 def _sigmoid_focal_block(a, xs, ts, pws, f, d):
     for j in range(xs.size):
         f[j] = P.exp_neg_abs_point(np.float64(xs[j]))
-    for j in range(xs.size):
-        xj, tj, alpha, e = np.float64(xs[j]), np.float64(ts[j]), np.float64(pws[j]), f[j]
-        f[j] = P.sigmoid_focal_point_e(xj, tj, alpha, a, e)
-        d[j] = P.sigmoid_focal_point_grad_e(xj, tj, alpha, a, e)
+    if a == 2.0:
+        _focal_loop(P.focal_pow2, P.focal_dpow2, a, xs, ts, pws, f, d)
+    elif a == 1.0:
+        _focal_loop(P.focal_pow1, P.focal_dpow1, a, xs, ts, pws, f, d)
+    elif a == 3.0:
+        _focal_loop(P.focal_pow3, P.focal_dpow3, a, xs, ts, pws, f, d)
+    elif a == 0.0:
+        _focal_loop(P.focal_pow0, P.focal_dpow0, a, xs, ts, pws, f, d)
+    else:
+        _focal_loop(P.focal_pow, P.focal_dpow, a, xs, ts, pws, f, d)
 
 
 @device
@@ -209,10 +254,16 @@ def _sigmoid_focal_f32_block(a, xs, ts, pws, f, d):
     gamma = np.float32(a)
     for j in range(xs.size):
         f[j] = P32.exp_neg_abs_point(xs[j])
-    for j in range(xs.size):
-        xj, tj, alpha, e = xs[j], ts[j], pws[j], np.float32(f[j])
-        f[j] = P32.sigmoid_focal_point_e(xj, tj, alpha, gamma, e)
-        d[j] = P32.sigmoid_focal_point_grad_e(xj, tj, alpha, gamma, e)
+    if gamma == 2.0:
+        _focal_f32_loop(P32.focal_pow2, P32.focal_dpow2, gamma, xs, ts, pws, f, d)
+    elif gamma == 1.0:
+        _focal_f32_loop(P32.focal_pow1, P32.focal_dpow1, gamma, xs, ts, pws, f, d)
+    elif gamma == 3.0:
+        _focal_f32_loop(P32.focal_pow3, P32.focal_dpow3, gamma, xs, ts, pws, f, d)
+    elif gamma == 0.0:
+        _focal_f32_loop(P32.focal_pow0, P32.focal_dpow0, gamma, xs, ts, pws, f, d)
+    else:
+        _focal_f32_general(gamma, xs, ts, pws, f, d)
 
 
 # --- the direct path's per-element pairs (loss, derivative) and its chunk kernels ------------------
@@ -301,7 +352,7 @@ def _bce_logits_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, 
 
 @kernel(parallel=False)
 def _bce_logits_f32_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
-    return _chunk(_bce_logits_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+    return _chunk32(_bce_logits_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
 
 
 @kernel(parallel=False)
@@ -356,7 +407,7 @@ def _soft_margin_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout,
 
 @kernel(parallel=False)
 def _soft_margin_f32_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
-    return _chunk(_soft_margin_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+    return _chunk32(_soft_margin_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
 
 
 @kernel(parallel=False)
@@ -366,7 +417,7 @@ def _sigmoid_focal_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vou
 
 @kernel(parallel=False)
 def _sigmoid_focal_f32_chunk(c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
-    return _chunk(_sigmoid_focal_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
+    return _chunk32(_sigmoid_focal_f32_block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout)
 
 
 #: The losses with a direct path (see loops._direct), by their general chunk function.

@@ -13,7 +13,8 @@ from ..._jit import device, kernel, run_chunks
 # One chunk routine (_chunk) serves every loss. The flattened, C-contiguous input is cut into one chunk
 # per thread; each chunk is walked in blocks of BLOCK elements, and each block in three short loops
 # over data that stays in L1:
-#   (a) the loss's own block loop: f[j], d[j] = loss and derivative of element j (float64 scratch);
+#   (a) the loss's own block loop: f[j], d[j] = loss and derivative of element j (float64 scratch;
+#       float32 for the losses computed in float32 arithmetic, see _chunk32);
 #   (b) values: the float64 sum of w[j] f[j] (also stored per element for reduction='none');
 #   (c) gradient: g[j] = gscale * grad_output[j] * w[j] * d[j], written to the output buffer.
 # Splitting the block this way keeps every loop down to a few arrays, so LLVM's runtime alias checks
@@ -124,13 +125,29 @@ def _chunk(block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout
     of target, weight, pos_weight and grad_output. ``vout``: the per-element losses ``w * f`` are
     stored there when it has n elements (reduction='none'), else it is empty. ``gout``: the gradient
     ``gscale * grad_output * w * f'`` is stored there when it has n elements, else it is empty.
-    Returns the chunk's float64 sum of ``w * f``.
+    Returns the chunk's float64 sum of ``w * f``. The block loop's scratch ``f``, ``d`` is float64.
     """
+    return _chunk_scratch(block, np.empty(BLOCK), np.empty(BLOCK), c, nchunks, a, gscale, x, t_op, w_op, pw_op,
+                          go_op, vout, gout)
+
+
+@device
+def _chunk32(block, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    """:func:`_chunk` with float32 scratch ``f``, ``d``, for block loops that compute in float32 (the
+    ``P32`` losses of float32 data). Stored to float64, their loops ran at 4 lanes (a float64 store
+    per lane); to float32, at 8. The values are the same: a float32 result widens to float64 exactly,
+    and the weighting, sums and chain rule that follow are float64 either way."""
+    return _chunk_scratch(block, np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), c, nchunks, a, gscale,
+                          x, t_op, w_op, pw_op, go_op, vout, gout)
+
+
+@device
+def _chunk_scratch(block, f, d, c, nchunks, a, gscale, x, t_op, w_op, pw_op, go_op, vout, gout):
+    """The body of :func:`_chunk` and :func:`_chunk32`, given the block loop's scratch ``f``, ``d``
+    (BLOCK elements each)."""
     n = x.size
     lo = c * n // nchunks
     hi = (c + 1) * n // nchunks
-    f = np.empty(BLOCK)
-    d = np.empty(BLOCK)
     tbuf = np.empty(2 * BLOCK, x.dtype)
     wbuf = np.empty(2 * BLOCK, x.dtype)
     pwbuf = np.empty(2 * BLOCK, x.dtype)

@@ -331,16 +331,92 @@ def soft_margin_point_grad(x, y):
 
 # --- sigmoid_focal_loss (torchvision.ops) -----------------------------------------------------------
 # Written with ZERO / ONE (not 0.0 / 1.0) so that the float32 compilation (P32) stays in float32.
-def focal_power(q, gamma):
-    """q ** gamma for q >= 0 (q * q for the usual gamma = 2; 1 for gamma = 0, 0 ** 0 included); NaN for
-    q < 0, as torch.pow of a negative base."""
-    if gamma == 2.0:
-        return q * q
-    if gamma == 0.0:
-        return ONE + ZERO * q
+# (1 - p_t)**gamma and its derivative gamma (1 - p_t)**(gamma - 1), as pairs (focal_powN, focal_dpowN)
+# of q = 1 - p_t: the CPU kernels pick the pair for gamma once per block (a loop that selected among
+# them per element evaluated every one of them), focal_power / focal_power_grad pick it per element.
+# The derivative is 0 at q == 0, where the gradient's second term is dropped (p (1 - p) is 0 there).
+def focal_pow0(q, gamma):
+    """q**0 = 1 (0**0 included; NaN for NaN q)."""
+    return ONE + ZERO * q
+
+
+def focal_dpow0(q, gamma):
+    """d q**0 / dq: 0."""
+    return ZERO * gamma
+
+
+def focal_pow1(q, gamma):
+    """q**1."""
+    return q
+
+
+def focal_dpow1(q, gamma):
+    """d q / dq = 1; 0 at q == 0."""
+    return ONE if q != ZERO else ZERO
+
+
+def focal_pow2(q, gamma):
+    """q**2 (the usual gamma)."""
+    return q * q
+
+
+def focal_dpow2(q, gamma):
+    """2 q."""
+    return q + q
+
+
+def focal_pow3(q, gamma):
+    """q**3."""
+    return q * q * q
+
+
+def focal_dpow3(q, gamma):
+    """3 q**2."""
+    return (q + q + q) * q
+
+
+def focal_pow_m1(q, gamma):
+    """q**(gamma - 1) for q > 0 (one log, one exp), 0 at q == 0, NaN for q < 0 (as torch.pow of a negative
+    base to a fractional power)."""
     if q == ZERO:
         return q
-    return exp(gamma * log(q))
+    return exp((gamma - ONE) * log(q))
+
+
+def focal_pow(q, gamma):
+    """q**gamma for any gamma, as q q**(gamma - 1): the exponential it shares with focal_dpow."""
+    return q * focal_pow_m1(q, gamma)
+
+
+def focal_dpow(q, gamma):
+    """gamma q**(gamma - 1) for any gamma (0 at q == 0)."""
+    return gamma * focal_pow_m1(q, gamma)
+
+
+def focal_power(q, gamma):
+    """q**gamma, by the pair for gamma (integer gammas 0 to 3 by multiplication)."""
+    if gamma == 2.0:
+        return focal_pow2(q, gamma)
+    if gamma == 0.0:
+        return focal_pow0(q, gamma)
+    if gamma == 1.0:
+        return focal_pow1(q, gamma)
+    if gamma == 3.0:
+        return focal_pow3(q, gamma)
+    return focal_pow(q, gamma)
+
+
+def focal_power_grad(q, gamma):
+    """gamma q**(gamma - 1), 0 at q == 0 and for gamma == 0 (see focal_power)."""
+    if gamma == 2.0:
+        return focal_dpow2(q, gamma)
+    if gamma == 0.0:
+        return focal_dpow0(q, gamma)
+    if gamma == 1.0:
+        return focal_dpow1(q, gamma)
+    if gamma == 3.0:
+        return focal_dpow3(q, gamma)
+    return focal_dpow(q, gamma)
 
 
 def focal_alpha_t(t, alpha):
@@ -356,24 +432,33 @@ def focal_q_e(x, t, e):
     return sigmoid_point_e(x, e) * (ONE - t) + sigmoid_point_e(-x, e) * t
 
 
+def sigmoid_focal_point_qg_e(x, t, alpha, e, qg):
+    """alpha_t qg bce_with_logits(x, t) given e = exp(-|x|) and qg = (1 - p_t)**gamma."""
+    return focal_alpha_t(t, alpha) * bce_logits_point_e(x, t, ONE, e) * qg
+
+
+def sigmoid_focal_point_grad_qg_e(x, t, alpha, e, qg, dqg):
+    """d / dx = alpha_t ((p - t) qg + ce dqg p (1 - p) (1 - 2 t)), p = sigmoid(x), given e = exp(-|x|),
+    qg = q**gamma and dqg = gamma q**(gamma - 1) (q = 1 - p_t, dq/dx = p (1 - p) (1 - 2 t)). The second
+    term is dropped where dqg == 0 (at q == 0, and for gamma == 0): there its ce may be inf or NaN."""
+    s = sigmoid_point_e(x, e)
+    sm = sigmoid_point_e(-x, e)
+    g = (s - t) * qg
+    if dqg != ZERO:
+        g += bce_logits_point_e(x, t, ONE, e) * dqg * (s * sm) * (ONE - (t + t))
+    return focal_alpha_t(t, alpha) * g
+
+
 def sigmoid_focal_point_e(x, t, alpha, gamma, e):
     """alpha_t (1 - p_t)**gamma bce_with_logits(x, t), p_t = p t + (1 - p)(1 - t), p = sigmoid(x), given
     e = exp(-|x|)."""
-    ce = bce_logits_point_e(x, t, ONE, e)
-    return focal_alpha_t(t, alpha) * ce * focal_power(focal_q_e(x, t, e), gamma)
+    return sigmoid_focal_point_qg_e(x, t, alpha, e, focal_power(focal_q_e(x, t, e), gamma))
 
 
 def sigmoid_focal_point_grad_e(x, t, alpha, gamma, e):
-    """d / dx = alpha_t ((p - t) q**gamma + ce gamma q**(gamma - 1) p (1 - p) (1 - 2 t)), q = 1 - p_t,
-    given e = exp(-|x|). The second term is 0 where q == 0 (p (1 - p) is 0 there too)."""
-    s = sigmoid_point_e(x, e)
-    sm = sigmoid_point_e(-x, e)
-    q = s * (ONE - t) + sm * t
-    qg = focal_power(q, gamma)
-    g = (s - t) * qg
-    if q > ZERO and gamma != 0.0:
-        g += bce_logits_point_e(x, t, ONE, e) * (gamma * (qg / q)) * (s * sm) * (ONE - (t + t))
-    return focal_alpha_t(t, alpha) * g
+    """d focal / dx given e = exp(-|x|) (see sigmoid_focal_point_grad_qg_e)."""
+    q = focal_q_e(x, t, e)
+    return sigmoid_focal_point_grad_qg_e(x, t, alpha, e, focal_power(q, gamma), focal_power_grad(q, gamma))
 
 
 def sigmoid_focal_point(x, t, alpha, gamma):
@@ -384,6 +469,7 @@ def sigmoid_focal_point(x, t, alpha, gamma):
 def sigmoid_focal_point_grad(x, t, alpha, gamma):
     """d focal / dx (see sigmoid_focal_point_grad_e)."""
     return sigmoid_focal_point_grad_e(x, t, alpha, gamma, exp_neg_abs_point(x))
+
 
 #: Every one-point function, in dependency order (helpers before their callers). The CUDA twin compiles
 #: exactly these with ``compile_point_functions(cuda.jit(device=True), {...})``.
@@ -399,7 +485,9 @@ POINT_FUNCTIONS = (
     poisson_nll_log_full_point, poisson_nll_full_point,
     gaussian_nll_point, gaussian_nll_full_point, gaussian_nll_point_grad, gaussian_nll_point_grad_var,
     soft_margin_point_e, soft_margin_point_grad_e, soft_margin_point, soft_margin_point_grad,
-    focal_power, focal_alpha_t, focal_q_e, sigmoid_focal_point_e, sigmoid_focal_point_grad_e,
+    focal_pow0, focal_dpow0, focal_pow1, focal_dpow1, focal_pow2, focal_dpow2, focal_pow3, focal_dpow3,
+    focal_pow_m1, focal_pow, focal_dpow, focal_power, focal_power_grad, focal_alpha_t, focal_q_e,
+    sigmoid_focal_point_qg_e, sigmoid_focal_point_grad_qg_e, sigmoid_focal_point_e, sigmoid_focal_point_grad_e,
     sigmoid_focal_point, sigmoid_focal_point_grad,
 )
 

@@ -13,7 +13,7 @@ import types
 from ..._math import exp, log, log1p  # noqa: F401
 
 # Each loss of one element and its derivative with respect to the prediction, as plain, undecorated
-# Python functions of scalars. The CPU kernels below and the CUDA twin (pointwise_cuda.py) compile these
+# Python functions of scalars. The CPU kernels below and the CUDA twin (the pointwise_cuda package) compile these
 # very functions through compile_point_functions(), so:
 #   - use only scalars, `math`, the elementary functions `exp`, `log`, `log1p` (bound at compile time:
 #     fastloss._math's vectorisable ones on the CPU), the constants of POINT_CONSTANTS and calls to other

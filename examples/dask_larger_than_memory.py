@@ -29,6 +29,7 @@ Needs ``pip install ".[dask]"`` (dask[array], distributed, zarr).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -120,11 +121,12 @@ def make_inputs(rows, classes, chunk_rows, dtype=np.float32, seed=0):
     return logits, targets
 
 
-def _squared_norm(g):
-    """The chunk's squared Euclidean norm, ``(1,)``: fastloss's L2 penalty (``sum(g**2) / 2``, float32
-    accumulated in float64 by a fast kernel, no temporary) times 2."""
+def _squared_norm(blocks):
+    """The squared Euclidean norm of a row chunk's gradient blocks (a list along the class axis), ``(1,)``:
+    fastloss's L2 penalty (``sum(g**2) / 2``, float32 accumulated in float64 by a fast kernel, no
+    temporary) times 2."""
     t0 = time.perf_counter()
-    r = np.array([2.0 * float(fl.l2_penalty(g))])
+    r = np.array([2.0 * math.fsum(float(fl.l2_penalty(g)) for g in blocks)])
     SINK.add(time.perf_counter() - t0)
     return r
 
@@ -187,8 +189,10 @@ def graph(rows, classes, chunk_rows, store, label_smoothing):
     if store is not None:
         out = _zarr_array(store, grad.shape, grad.chunksize, grad.dtype)
         return loss, da.store(grad, out, lock=False, compute=False), f"gradient stored in {store}"
-    sink = grad.map_blocks(_squared_norm, drop_axis=1, chunks=((1,) * grad.numblocks[0],), dtype=np.float64,
-                           meta=np.empty((0,), np.float64))
+    # blockwise with concatenate=False: the class axis is contracted, and Dask would otherwise copy each
+    # gradient chunk into a new array (concatenate3) before handing it over, even when it is one block
+    sink = da.blockwise(_squared_norm, "i", grad, "ij", concatenate=False, adjust_chunks={"i": 1},
+                        dtype=np.float64, meta=np.empty((0,), np.float64))
     return loss, sink, "gradient reduced to its squared norm, chunk by chunk"
 
 

@@ -176,7 +176,7 @@ def _classification(call, mode):
     reduced = mode != "none"
     denominator = _dask._denominator(call, mode) if reduced else None
     if reduced:
-        value = _dask._finish(parts.sum(dtype=np.float64), denominator, mode, name).astype(dtype)
+        value = _dask._finish(_dask._sum_chunks(parts), denominator, mode, name, dtype)
     else:
         value = parts.sum(axis=ax, dtype=np.float64).astype(dtype)
     if call.grad is None:

@@ -22,8 +22,10 @@ SIZES = (640, 4096, 65536)
 
 
 def _diff_positions(spec, case):
+    """Positions in ``case.args`` of the differentiable arguments the case passes (an optional one,
+    such as ``linear_cross_entropy``'s ``linear_bias``, may be absent)."""
     names = list(inspect.signature(spec.fn).parameters)
-    return [names.index(d) for d in spec.diff]
+    return [names.index(d) for d in spec.diff if names.index(d) < len(case.args)]
 
 
 def _to_torch(torch, a, requires_grad=False):

@@ -32,3 +32,16 @@ def test_cli_flag(capsys):
     assert main(["bench", "--small", "--quick", "--no-torch", "--loss", "l1_loss"]) == 0
     out = capsys.readouterr().out
     assert "small calls, float32" in out and "l1_loss | 640 |" in out
+
+
+@needs_torch
+def test_every_registered_loss_runs_beside_torch():
+    """Every loss's small case runs on both sides (an optional differentiable argument its case leaves
+    out, such as linear_cross_entropy's bias, once broke the table)."""
+    from fastloss._registry import REGISTRY
+
+    names = sorted(REGISTRY)
+    rows = bench_small.run(names, "float32", sizes=(640,), calls=1, torch=torch)
+    assert [r[0] for r in rows] == names
+    for name, shape, ours, theirs, ours_busy, theirs_busy in rows:
+        assert ours > 0 and ours_busy > 0, name

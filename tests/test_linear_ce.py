@@ -261,10 +261,45 @@ def test_linear_extra_memory_stays_within_the_chunk(chunk):
 
 
 def test_default_chunk_is_a_few_percent_of_large_logits():
-    rows, width = lce._chunk_shape(2048, 32000, None)
-    assert width == 32000 and rows * width <= 0.05 * 2048 * 32000
-    rows, width = lce._chunk_shape(8192, 128256, None)
-    assert rows * width <= 0.05 * 8192 * 128256
+    """Large vocabularies: class blocks across many rows (BLAS-sized products) within the budget;
+    whole rows where enough of them fit."""
+    for n, v, h in ((2048, 32000, 1024), (8192, 128256, 4096)):
+        rows, width = lce._chunk_shape(n, v, None, h, 2)
+        assert rows == min(n, lce.linear.BLOCK_ROWS) and width < v
+        assert rows * width + lce.linear._DX_ROWS * h <= 0.05 * n * v
+    rows, width = lce._chunk_shape(200000, 100, None, 64, 2)
+    assert width == 100 and rows >= lce.linear.WHOLE_ROWS and rows * width <= 0.05 * 200000 * 100
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_default_class_blocks_over_several_row_blocks(monkeypatch, kind, dtype):
+    """The default class-block schedule when rows come in several blocks: d W and d input summed over
+    blocks (through the scratch rows), in place too, all options."""
+    from fastloss.families.lce import linear
+
+    monkeypatch.setattr(linear, "WHOLE_ROWS", 10 ** 9)
+    monkeypatch.setattr(linear, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(linear, "_DX_ROWS", 3)
+    x, W, b, w, t = _linear_problem(dtype, kind=kind, seed=11)
+    rows, width = linear._chunk_shape(*x.shape[:1], W.shape[0], None, x.shape[1], 2)
+    assert rows == 7 and 1 < width < W.shape[0]
+    kw = dict(linear_bias=b, weight=w, z_loss=0.01, softcap=6.0, label_smoothing=0.05, reduction="none")
+    g = np.random.default_rng(4).uniform(0.5, 1.5, x.shape[0])
+    rv, rg = lce.ref_linear_cross_entropy(x.astype(np.float64), W.astype(np.float64),
+                                          t.astype(np.float64) if kind == "prob" else t, grad_output=g,
+                                          **{k: (a.astype(np.float64) if isinstance(a, np.ndarray) else a)
+                                             for k, a in kw.items()})
+    xx, WW = x.copy(), W.copy()
+    for out in (None, (xx, WW)):
+        v, grads = fl.value_and_grad(fl.linear_cross_entropy)(xx if out else x, WW if out else W, t, grad_output=g,
+                                                              out=out, **kw)
+        assert_close(v, rv, dtype, "value")
+        for a, r, name in zip(grads, rg, ("input", "linear_weight", "linear_bias")):
+            assert_close(a, r, dtype, f"grad of {name}, out={out is not None}")
+    assert grads[0] is xx and grads[1] is WW
+    assert_close(fl.linear_cross_entropy(x, W, t, **kw), rv, dtype, "value alone")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from numba import cuda, float32, float64, int64
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
 from .._cuda_arrays import TPB, incoming_at
-from .lce.linear import _chunk_shape
+from .lce.linear import _row_chunk
 
 _R.install(globals())  # group_sum, group_max, block_sum, block_max, WARP
 
@@ -379,7 +379,7 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     has_bias = b is not None
     bias = D.contiguous(b) if has_bias else D.reshape(x2, (x2.size,))  # 1-D either way (same kernel type)
     eps = float(label_smoothing)
-    rows, _ = _chunk_shape(N, V, max(chunk_size, V) if chunk_size is not None else None)
+    rows = _row_chunk(N, V, max(chunk_size, V) if chunk_size is not None else None)
     with_grad = grad is not None
     if with_grad:
         dx = grad.out_for(0, x)

@@ -48,9 +48,10 @@ block then added in float64); all other sums are float64.
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and
 ``d W += G.T @ input`` (a BLAS ``gemm`` with ``beta = 1``: no ``(V, H)`` temporary). Each thread owns
 one class slice of the chunk and calls single-threaded BLAS on it (see :func:`.linear._sliced_chunks`). When one row of
-``V`` classes exceeds ``chunk_size``, the classes are processed in blocks too, with an online
+``V`` classes exceeds ``chunk_size``, or (by default) when fewer than :data:`.linear.WHOLE_ROWS` rows fit
+the memory budget, the classes are processed in blocks too, across many rows, with an online
 log-sum-exp: a first sweep gathers each row's statistics, a second recomputes each block of logits for
-its gradient (four products instead of three).
+its gradient (four products instead of three, but each of BLAS size: :func:`.linear._class_blocks`).
 """
 from .drivers import cross_entropy
 from .linear import CHUNK_FRACTION, MIN_CHUNK_ROWS, _chunk_shape, linear_cross_entropy

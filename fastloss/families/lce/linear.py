@@ -11,27 +11,54 @@ from .row_kernels import _block_grad_chunk, _block_stats_chunk, _finish_rows, _r
 
 
 #: Default chunk: the extra memory of linear_cross_entropy (the chunk of logits and the per-thread
-#: ``d input`` partials) is at most this fraction of the full (N, V) logits (and at least one row);
-#: as large as that allows, since every chunk's products stream all of ``W`` and ``d W`` (measured
-#: under load at (2048, 1024, 32000) on 2 cores, the products alone in chunks of 64 rows took 1.55x the
-#: three whole products, in chunks of 128 rows 1.19x) ...
+#: ``d input`` partials) is at most this fraction of the full (N, V) logits (and at least one row).
 CHUNK_FRACTION = 0.045
-#: ... but a chunk of fewer rows than this is not worth its products' overhead unless the logits are
-#: small anyway (then the whole problem is one chunk).
+#: A chunk of whole rows (three products per chunk) is taken when at least this many rows (or all of
+#: them) fit the default chunk; below it, class blocks across many rows (:func:`_class_blocks`: four
+#: products, one of them a recomputation of the logits) are faster. Every whole-row chunk streams all of
+#: ``W`` twice and ``d W`` in and out, and BLAS re-packs ``W`` for each: at (2048, 1024, 32000) on 2
+#: cores, chunks of 86 rows made the products 1.6x the three whole products, class blocks of (2048 rows,
+#: 1,400 classes) 1.33x.
+WHOLE_ROWS = 512
+#: The most rows of one class block: enough for BLAS to run at its full speed on every product.
+BLOCK_ROWS = 4096
+#: Explicit ``chunk_size``: a chunk of fewer rows than this is not worth its products' overhead unless
+#: the logits are small anyway (then the whole problem is one chunk).
 MIN_CHUNK_ROWS = 64
 
 
-def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
-    """``(rows, width)`` of linear_cross_entropy's chunk of logits: at most ``chunk_size`` elements;
-    ``width < n_cls`` (class blocks) only when one row does not fit. The default counts a row of each
-    of the ``n_slices`` partials of ``d input`` (``n_hid`` wide) beside the row of logits."""
+def _row_chunk(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
+    """Rows of a chunk of whole rows: at most ``chunk_size`` logits (at least one row); by default
+    :data:`CHUNK_FRACTION` of the logits, counting a row of each of the ``n_slices`` partials of
+    ``d input`` (``n_hid`` wide) beside the row of logits."""
     if chunk_size is None:
         per_row = n_cls + (n_slices * n_hid if n_slices > 1 else 0)
         rows = max(min(n_rows, MIN_CHUNK_ROWS), int(CHUNK_FRACTION * n_rows * n_cls / max(per_row, 1)))
-        return max(1, min(rows, n_rows)), n_cls
-    if chunk_size >= n_cls:
-        return max(1, min(n_rows, chunk_size // max(n_cls, 1))), n_cls
-    return 1, chunk_size
+        return max(1, min(rows, n_rows))
+    return max(1, min(n_rows, chunk_size // max(n_cls, 1)))
+
+
+def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
+    """``(rows, width)`` of linear_cross_entropy's chunk of logits on the CPU; ``width < n_cls`` means
+    class blocks (:func:`_class_blocks`). An explicit ``chunk_size`` holds at most that many logits:
+    whole rows when one fits, else one row in blocks of ``chunk_size`` classes. The default keeps to
+    :data:`CHUNK_FRACTION` of the logits: whole rows when :data:`WHOLE_ROWS` of them fit, else blocks
+    of classes across up to :data:`BLOCK_ROWS` rows."""
+    if chunk_size is not None:
+        if chunk_size >= n_cls:
+            return _row_chunk(n_rows, n_cls, chunk_size), n_cls
+        return 1, chunk_size
+    rows = _row_chunk(n_rows, n_cls, None, n_hid, n_slices)
+    if rows >= min(n_rows, WHOLE_ROWS):
+        return rows, n_cls
+    rows = min(n_rows, BLOCK_ROWS)
+    # the block's logits plus the row block of the d input partial product (_DX_ROWS x n_hid)
+    width = int((CHUNK_FRACTION * n_rows * n_cls - _DX_ROWS * n_hid) / rows)
+    return rows, max(1, min(n_cls, width))
+
+
+#: Rows of the temporary through which a class block's ``G @ W`` is added to ``d input``.
+_DX_ROWS = 256
 
 
 def _fortran_operand(m):
@@ -98,9 +125,8 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
             work.append(np.empty(o.shape, dtype) if clash else o)
         dx2 = work[0].reshape(n_rows, n_hid)
         dW = work[1]
-        dW[...] = 0
-        if width < n_cls:
-            dx2[...] = 0
+        if width == n_cls or not (n_rows and n_cls):  # class blocks write d W's rows outright
+            dW[...] = 0
         db = np.zeros(n_cls) if has_bias else None
     buf = np.empty(rows * width, dtype=dtype)
     if n_rows and n_cls:
@@ -203,8 +229,13 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
 
 
 def _class_blocks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, width, buf, grads):
-    """linear_cross_entropy when a row exceeds the chunk: class blocks of ``width``, a statistics sweep
-    (online log-sum-exp), then, for the gradient, a sweep recomputing each block of logits."""
+    """linear_cross_entropy in blocks of ``width`` classes across ``rows`` rows: a statistics sweep
+    (online log-sum-exp), then, for the gradient, a sweep recomputing each block of logits.
+
+    Every product is NumPy's (one BLAS library, its own threads): SciPy's BLAS beside it would leave
+    its idle threads spinning against NumPy's (measured 2x slower products on 2 cores). A block
+    spanning every row writes its ``d W`` rows outright; ``d input`` is summed over the class blocks
+    through a temporary of :data:`_DX_ROWS` rows."""
     n_rows, n_cls = x2.shape[0], Wc.shape[0]
     cap, prob = args
     stats = np.zeros((n_rows, 6))
@@ -230,10 +261,25 @@ def _class_blocks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, 
     if grads is None:
         return
     dx2, dW, db = grads
+    tmp = np.empty(min(_DX_ROWS, rows) * x2.shape[1], dtype=x2.dtype)
     for lo, hi, col0, cw, zb in blocks():
         _run_chunks(_block_grad_chunk, hi - lo, cw, zb, col0, bias, has_bias, cap, prob, t_of(lo, hi), q_of(lo, hi),
                     tg.w, eps, n_cls, tg.ignore_index, stats[lo:hi], gsum[lo:hi], kk[lo:hi])
-        _gemm_acc(dW[col0:col0 + cw], zb.T, x2[lo:hi])
-        _gemm_acc(dx2[lo:hi], zb, Wc[col0:col0 + cw])
+        _matmul_into(dW[col0:col0 + cw], zb.T, x2[lo:hi], lo > 0, tmp)
+        _matmul_into(dx2[lo:hi], zb, Wc[col0:col0 + cw], col0 > 0, tmp)
         if has_bias:
             db[col0:col0 + cw] += np.add.reduce(zb, axis=0, dtype=np.float64)
+
+
+def _matmul_into(c, a, b, accumulate, tmp):
+    """``c = a @ b``, or ``c += a @ b`` with ``accumulate``, by NumPy's BLAS; the sum goes through
+    ``tmp`` (flat scratch) a block of rows of ``c`` at a time, so no temporary of ``c``'s size."""
+    if not accumulate:
+        np.matmul(a, b, out=c)
+        return
+    step = max(1, tmp.size // max(c.shape[1], 1))
+    for lo in range(0, c.shape[0], step):
+        hi = min(c.shape[0], lo + step)
+        part = tmp[:(hi - lo) * c.shape[1]].reshape(hi - lo, c.shape[1])
+        np.matmul(a[lo:hi], b, out=part)
+        c[lo:hi] += part

@@ -266,7 +266,7 @@ def test_default_chunk_is_a_few_percent_of_large_logits():
     for n, v, h in ((2048, 32000, 1024), (8192, 128256, 4096)):
         rows, width = lce._chunk_shape(n, v, None, h, 2)
         assert rows == min(n, lce.linear.BLOCK_ROWS) and width < v
-        assert rows * width + lce.linear._DX_ROWS * h <= 0.05 * n * v
+        assert rows * width <= 0.05 * n * v
     rows, width = lce._chunk_shape(200000, 100, None, 64, 2)
     assert width == 100 and rows >= lce.linear.WHOLE_ROWS and rows * width <= 0.05 * 200000 * 100
 
@@ -275,13 +275,12 @@ def test_default_chunk_is_a_few_percent_of_large_logits():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_default_class_blocks_over_several_row_blocks(monkeypatch, kind, dtype):
     """The default class-block schedule when rows come in several blocks: d W and d input summed over
-    blocks (through the scratch rows), in place too, all options."""
+    blocks (BLAS beta = 1), in place too, all options."""
     from fastloss.families.lce import linear
 
     monkeypatch.setattr(linear, "WHOLE_ROWS", 10 ** 9)
     monkeypatch.setattr(linear, "BLOCK_ROWS", 7)
     monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(linear, "_DX_ROWS", 3)
     x, W, b, w, t = _linear_problem(dtype, kind=kind, seed=11)
     rows, width = linear._chunk_shape(*x.shape[:1], W.shape[0], None, x.shape[1], 2)
     assert rows == 7 and 1 < width < W.shape[0]
@@ -300,6 +299,23 @@ def test_default_class_blocks_over_several_row_blocks(monkeypatch, kind, dtype):
             assert_close(a, r, dtype, f"grad of {name}, out={out is not None}")
     assert grads[0] is xx and grads[1] is WW
     assert_close(fl.linear_cross_entropy(x, W, t, **kw), rv, dtype, "value alone")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_assigns_or_adds_whatever_the_buffer_held(dtype):
+    """beta = 0 must not read the buffer (a chunk buffer holds the last block's NaNs, say)."""
+    from fastloss.families.lce.linear import _gemm
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
+    c = np.full((5, 3), np.nan, dtype)
+    _gemm(c, a, b.T, 0.0)
+    np.testing.assert_allclose(c, a @ b.T, rtol=1e-5)
+    _gemm(c, a, b.T, 1.0)
+    np.testing.assert_allclose(c, 2 * (a @ b.T), rtol=1e-5)
+    ct = np.zeros((7, 3), dtype)
+    _gemm(ct, a.T, np.ascontiguousarray(b.T)[:5], 0.0)  # transposed (F-contiguous) operands
+    np.testing.assert_allclose(ct, a.T @ b.T[:5], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------

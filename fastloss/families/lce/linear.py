@@ -52,13 +52,7 @@ def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
     if rows >= min(n_rows, WHOLE_ROWS):
         return rows, n_cls
     rows = min(n_rows, BLOCK_ROWS)
-    # the block's logits plus the row block of the d input partial product (_DX_ROWS x n_hid)
-    width = int((CHUNK_FRACTION * n_rows * n_cls - _DX_ROWS * n_hid) / rows)
-    return rows, max(1, min(n_cls, width))
-
-
-#: Rows of the temporary through which a class block's ``G @ W`` is added to ``d input``.
-_DX_ROWS = 256
+    return rows, max(1, min(n_cls, int(CHUNK_FRACTION * n_rows * n_cls / rows)))
 
 
 def _fortran_operand(m):
@@ -71,25 +65,33 @@ def _fortran_operand(m):
     return np.asfortranarray(m.T), 0
 
 
-def _gemm_acc(c, a, b):
-    """``c += a @ b`` for C-contiguous ``c`` without a temporary of ``c``'s size: a BLAS ``gemm`` with
-    ``beta = 1`` from SciPy where it is installed, on the Fortran views ``c.T += b.T @ a.T``; else
-    NumPy's matmul by blocks of rows of ``c``."""
+def _gemm(c, a, b, beta):
+    """``c = a @ b + beta * c`` for C-contiguous ``c`` (``beta`` 0 or 1), no temporary of ``c``'s size:
+    SciPy's BLAS ``gemm`` on the Fortran views ``c.T = b.T @ a.T + beta * c.T``; without SciPy,
+    NumPy's matmul (by blocks of rows of ``c`` to add)."""
     try:
         from scipy.linalg import blas
-    except ImportError:  # pragma: no cover - SciPy is in the test environment
+    except ImportError:  # pragma: no cover - SciPy is a dependency
         blas = None
     if blas is not None and c.size:
         gemm = blas.sgemm if c.dtype == np.float32 else blas.dgemm
         op_a, trans_a = _fortran_operand(b)
         op_b, trans_b = _fortran_operand(a)
-        r = gemm(1.0, op_a, op_b, beta=1.0, c=c.T, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
+        r = gemm(1.0, op_a, op_b, beta=beta, c=c.T, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
         if not np.shares_memory(r, c):  # pragma: no cover - SciPy copies only a c it cannot use
             c[...] = r.T
         return
-    step = max(1, (1 << 20) // max(c.shape[1], 1))
-    for lo in range(0, c.shape[0], step):
+    if not beta:  # pragma: no cover
+        np.matmul(a, b, out=c)
+        return
+    step = max(1, (1 << 20) // max(c.shape[1], 1))  # pragma: no cover
+    for lo in range(0, c.shape[0], step):  # pragma: no cover
         c[lo:lo + step] += a[lo:lo + step] @ b
+
+
+def _gemm_acc(c, a, b):
+    """``c += a @ b`` (:func:`_gemm` with ``beta = 1``)."""
+    _gemm(c, a, b, 1.0)
 
 
 def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size, grad):
@@ -232,10 +234,10 @@ def _class_blocks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, 
     """linear_cross_entropy in blocks of ``width`` classes across ``rows`` rows: a statistics sweep
     (online log-sum-exp), then, for the gradient, a sweep recomputing each block of logits.
 
-    Every product is NumPy's (one BLAS library, its own threads): SciPy's BLAS beside it would leave
-    its idle threads spinning against NumPy's (measured 2x slower products on 2 cores). A block
-    spanning every row writes its ``d W`` rows outright; ``d input`` is summed over the class blocks
-    through a temporary of :data:`_DX_ROWS` rows."""
+    Every product is one SciPy BLAS ``gemm`` (:func:`_gemm`), the sums over blocks by ``beta = 1``:
+    NumPy's matmul has no ``beta`` (its sums need temporaries and more, smaller products), and mixing
+    the two libraries leaves one's idle threads spinning against the other's (measured 1.6x slower
+    on 2 cores). A block spanning every row writes its ``d W`` rows outright."""
     n_rows, n_cls = x2.shape[0], Wc.shape[0]
     cap, prob = args
     stats = np.zeros((n_rows, 6))
@@ -249,7 +251,7 @@ def _class_blocks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, 
             for col0 in range(0, n_cls, width):
                 cw = min(width, n_cls - col0)
                 zb = buf[:(hi - lo) * cw].reshape(hi - lo, cw)
-                np.matmul(x2[lo:hi], Wc[col0:col0 + cw].T, out=zb)
+                _gemm(zb, x2[lo:hi], Wc[col0:col0 + cw].T, 0.0)
                 yield lo, hi, col0, cw, zb
 
     for lo, hi, col0, cw, zb in blocks():
@@ -261,25 +263,10 @@ def _class_blocks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, 
     if grads is None:
         return
     dx2, dW, db = grads
-    tmp = np.empty(min(_DX_ROWS, rows) * x2.shape[1], dtype=x2.dtype)
     for lo, hi, col0, cw, zb in blocks():
         _run_chunks(_block_grad_chunk, hi - lo, cw, zb, col0, bias, has_bias, cap, prob, t_of(lo, hi), q_of(lo, hi),
                     tg.w, eps, n_cls, tg.ignore_index, stats[lo:hi], gsum[lo:hi], kk[lo:hi])
-        _matmul_into(dW[col0:col0 + cw], zb.T, x2[lo:hi], lo > 0, tmp)
-        _matmul_into(dx2[lo:hi], zb, Wc[col0:col0 + cw], col0 > 0, tmp)
+        _gemm(dW[col0:col0 + cw], zb.T, x2[lo:hi], float(lo > 0))
+        _gemm(dx2[lo:hi], zb, Wc[col0:col0 + cw], float(col0 > 0))
         if has_bias:
             db[col0:col0 + cw] += np.add.reduce(zb, axis=0, dtype=np.float64)
-
-
-def _matmul_into(c, a, b, accumulate, tmp):
-    """``c = a @ b``, or ``c += a @ b`` with ``accumulate``, by NumPy's BLAS; the sum goes through
-    ``tmp`` (flat scratch) a block of rows of ``c`` at a time, so no temporary of ``c``'s size."""
-    if not accumulate:
-        np.matmul(a, b, out=c)
-        return
-    step = max(1, tmp.size // max(c.shape[1], 1))
-    for lo in range(0, c.shape[0], step):
-        hi = min(c.shape[0], lo + step)
-        part = tmp[:(hi - lo) * c.shape[1]].reshape(hi - lo, c.shape[1])
-        np.matmul(a[lo:hi], b, out=part)
-        c[lo:hi] += part

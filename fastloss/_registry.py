@@ -168,14 +168,26 @@ class LossSpec:
 REGISTRY: dict[str, LossSpec] = {}
 
 
-def loss(*, diff, family):
-    """Register a public loss function; hides its private ``_grad`` keyword from its signature."""
+def loss(*, diff, family, fast=False):
+    """Register a public loss function; hides its private ``_grad`` keyword from its signature.
+
+    ``fast``: the family module's ``FAST[name]`` (looked up on the first call) is tried before
+    anything else: ``FAST[name](args, kwargs, grad)`` returns the result of a call it serves on its
+    own (a plain small call, checked in one pass) or ``None`` for the general path."""
 
     def deco(fn):
         sig = inspect.signature(fn)
+        fast_path = []  # [FAST[name] or None], once known
 
         @functools.wraps(fn)
         def public(*args, _grad=None, **kwargs):
+            if fast:
+                if not fast_path:
+                    fast_path.append(getattr(spec.module, "FAST", {}).get(spec.name))
+                if fast_path[0] is not None:
+                    result = fast_path[0](args, kwargs, _grad)
+                    if result is not None:
+                        return result
             route = _route(args, kwargs, _grad)
             if route is _DASK:
                 # Dask arrays anywhere in the call: the whole call goes to the Dask backend, which runs

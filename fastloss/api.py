@@ -428,7 +428,7 @@ def softmax(
     return family(be, "softmax").softmax(x, axis, _grad)
 
 
-@loss(diff=("input",), family="softmax")
+@loss(diff=("input",), family="softmax", fast=True)
 def nll_loss(
     input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, ignore_index: int = -100,
     reduction: str = "mean", *, _grad: GradRequest | None = None
@@ -446,7 +446,7 @@ def nll_loss(
     return family(be, "softmax").nll(x, t, w, int(ignore_index), reduction, _grad)
 
 
-@loss(diff=("input",), family="softmax")
+@loss(diff=("input",), family="softmax", fast=True)
 def cross_entropy(
     input: ArrayIn, target: ArrayIn, weight: ArrayIn | None = None, ignore_index: int = -100,
     reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,

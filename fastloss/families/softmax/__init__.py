@@ -11,6 +11,8 @@ Where things are:
   channel and short-row kernels) and the gradient formula.
 * :mod:`.softmax_kernels`: the ``log_softmax`` / ``softmax`` kernels and the ``nll_loss`` kernel.
 * :mod:`.drivers`: the drivers :mod:`fastloss.api` calls, the choice of kernel, chunks and reductions.
+* :mod:`.fast`: ``FAST``, the small-call fast paths of ``cross_entropy`` and ``nll_loss`` (the plain
+  call recognised in one pass and handed straight to the small-call kernel; see ``fastloss._registry.loss``).
 * :mod:`.reference`: ``REFERENCE``, ``CASES``, ``BENCH`` and ``TORCH``.
 
 Threads. Every kernel is serial (``nogil``) and works on chunk ``k`` of ``n_chunks`` (runs of
@@ -43,10 +45,11 @@ between ``A`` leading and ``B`` trailing elements (``B = d1 * ... * dk``).
 """
 from .drivers import (MAX_CHUNKS, MIN_CHUNK, _index_scan, _index_targets, _run, cross_entropy, log_softmax, nll,
                       softmax)
+from .fast import FAST
 from .reference import BENCH, CASES, REFERENCE, TORCH, _ref_cross_entropy, _ref_log_softmax_along
 from .rows import _exp_same
 
 # the public drivers and tables, and the helpers other modules and the tests use by name
-__all__ = ["BENCH", "CASES", "MAX_CHUNKS", "MIN_CHUNK", "REFERENCE", "TORCH", "cross_entropy", "log_softmax",
+__all__ = ["BENCH", "CASES", "FAST", "MAX_CHUNKS", "MIN_CHUNK", "REFERENCE", "TORCH", "cross_entropy", "log_softmax",
            "nll", "softmax", "_exp_same", "_index_scan", "_index_targets", "_ref_cross_entropy",
            "_ref_log_softmax_along", "_run"]

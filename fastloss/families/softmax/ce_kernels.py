@@ -482,3 +482,32 @@ def _ce_prob_short(k, n_chunks, x, q, w, eps, coef, out, with_grad, loss):
         if with_grad:
             _tile_to_rows(tile, out, lo)
     return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])
+
+
+@_small_loop
+def _nll_small(x, t, w, ignore_index, g, mean, out, with_grad):
+    """``nll_loss`` of a small call on the calling thread: log-probabilities ``x (R, C)``, class
+    indices ``t (R,)``, class weight ``w (C,)`` (empty: weights of 1). Row ``i`` loses
+    ``-w[t_i] * x[i, t_i]`` (0 where ``t_i`` is ``ignore_index``); with ``with_grad`` the gradient goes
+    to ``out`` (zero but ``-w[t_i] * g`` at each target, over the divisor for ``mean``).
+
+    Returns ``(total, den, bad)`` as :func:`_ce_index_small` (nothing written when ``bad >= 0``): the
+    scan, the gather and the sum of :func:`.softmax_kernels._nll_chunk` in one call, in its order."""
+    den, bad = _small_scan(t, w, ignore_index, x.shape[1])
+    if bad >= 0:
+        return 0.0, den, bad
+    total = 0.0
+    for i in range(x.shape[0]):
+        ti = t[i]
+        if ti != ignore_index:
+            total += -(1.0 if w.size == 0 else np.float64(w[ti])) * np.float64(x[i, ti])
+    if with_grad:
+        k = g / den if mean and den != 0.0 else (0.0 if mean else g)
+        for i in range(x.shape[0]):
+            ti = t[i]
+            row = out[i]
+            for c in range(row.size):
+                row[c] = 0
+            if ti != ignore_index:
+                row[ti] = -(1.0 if w.size == 0 else np.float64(w[ti])) * k
+    return total, den, -1

@@ -509,16 +509,16 @@ def linear_cross_entropy(
     Rows, and classes when one row does not fit, are processed in chunks of at most ``chunk_size``
     logits: per chunk one matrix product (BLAS; cuBLAS on the GPU), the fused cross-entropy kernel
     writing the logits' gradient over them, and, for the gradient, ``d input = G @ W`` and
-    ``d W += G.T @ input`` (``d b += sum(G)``). The default ``chunk_size`` keeps the extra memory to
-    under 5 % of the full logits (at least 64 rows): on the CPU whole rows when 512 of them fit, else
-    blocks of classes across up to 4,096 rows, for which the logits are computed twice (a sweep for
-    each row's log-sum-exp, then one for the gradient: four products instead of three, each large
-    enough for BLAS to run at full speed, where thin chunks of rows would stream ``W`` and ``d W``
-    from memory once per chunk). On the GPU chunks are whole rows (a ``chunk_size``
-    below ``V`` gives one row per chunk); CuPy arrays use cuBLAS, Numba device arrays a plain product
-    kernel (correct, not fast). The products accumulate in the input's precision
-    as BLAS does; the log-sum-exp, loss and reductions in float64. Results do not depend on
-    ``chunk_size`` beyond rounding. The gradients (:func:`fastloss.value_and_grad`) are of
+    ``d W += G.T @ input`` (``d b += sum(G)``). The default ``chunk_size`` keeps the extra memory
+    under 5 % of the full logits (logits of up to 2**20 elements are one chunk): on the CPU, whole
+    rows when 512 of them (or all) fit, else blocks of classes across up to 4,096 rows, for which
+    the logits are computed twice (a sweep for each row's log-sum-exp, then one for the gradient:
+    four products instead of three, each large enough for BLAS to run at full speed, where thin
+    chunks of rows would stream ``W`` and ``d W`` from memory once per chunk). On the GPU chunks
+    are whole rows, at least 64 (a ``chunk_size`` below ``V`` gives one row per chunk); CuPy arrays
+    use cuBLAS, Numba device arrays a plain product kernel (correct, not fast). The products
+    accumulate in the input's precision as BLAS does; the log-sum-exp, loss and reductions in
+    float64. Results do not depend on ``chunk_size`` beyond rounding. The gradients (:func:`fastloss.value_and_grad`) are of
     ``(input, linear_weight)``, and of ``linear_bias`` too when one is given.
 
     ``chunk_size < 1``, ``softcap <= 0``, ``z_loss < 0``: ``ValueError``; shapes that do not fit:

@@ -257,7 +257,7 @@ def test_linear_extra_memory_stays_within_the_chunk(chunk):
     assert peak <= budget, (peak, budget)
     assert peak <= 0.2 * logits_bytes
     if chunk is None:
-        assert rows * width <= 0.05 * n * v or rows == lce.MIN_CHUNK_ROWS
+        assert rows * width <= 0.05 * n * v or n * v <= lce.linear.SMALL_LOGITS
 
 
 def test_default_chunk_is_a_few_percent_of_large_logits():
@@ -269,6 +269,10 @@ def test_default_chunk_is_a_few_percent_of_large_logits():
         assert rows * width <= 0.05 * n * v
     rows, width = lce._chunk_shape(200000, 100, None, 64, 2)
     assert width == 100 and rows >= lce.linear.WHOLE_ROWS and rows * width <= 0.05 * 200000 * 100
+    # few rows of a large vocabulary: class blocks across them all, within the budget too
+    rows, width = lce._chunk_shape(16, 10 ** 6, None, 256, 2)
+    assert rows == 16 and rows * width <= 0.05 * 16 * 10 ** 6
+    assert lce._chunk_shape(23, 50, None, 8, 2) == (23, 50)  # small logits: one chunk
 
 
 @pytest.mark.parametrize("kind", ["index", "prob"])
@@ -280,7 +284,7 @@ def test_default_class_blocks_over_several_row_blocks(monkeypatch, kind, dtype):
 
     monkeypatch.setattr(linear, "WHOLE_ROWS", 10 ** 9)
     monkeypatch.setattr(linear, "BLOCK_ROWS", 7)
-    monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(linear, "SMALL_LOGITS", 0)
     x, W, b, w, t = _linear_problem(dtype, kind=kind, seed=11)
     rows, width = linear._chunk_shape(*x.shape[:1], W.shape[0], None, x.shape[1], 2)
     assert rows == 7 and 1 < width < W.shape[0]

@@ -22,7 +22,9 @@ CHUNK_FRACTION = 0.045
 WHOLE_ROWS = 512
 #: The most rows of one class block: enough for BLAS to run at its full speed on every product.
 BLOCK_ROWS = 4096
-#: Explicit ``chunk_size``: a chunk of fewer rows than this is not worth its products' overhead unless
+#: Logits of at most this many elements (4 MiB of float32) are one chunk by default.
+SMALL_LOGITS = 1 << 20
+#: Explicit ``chunk_size`` and the GPU: a chunk of fewer rows than this is not worth its products' overhead unless
 #: the logits are small anyway (then the whole problem is one chunk).
 MIN_CHUNK_ROWS = 64
 
@@ -42,17 +44,21 @@ def _chunk_shape(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
     """``(rows, width)`` of linear_cross_entropy's chunk of logits on the CPU; ``width < n_cls`` means
     class blocks (:func:`_class_blocks`). An explicit ``chunk_size`` holds at most that many logits:
     whole rows when one fits, else one row in blocks of ``chunk_size`` classes. The default keeps to
-    :data:`CHUNK_FRACTION` of the logits: whole rows when :data:`WHOLE_ROWS` of them fit, else blocks
-    of classes across up to :data:`BLOCK_ROWS` rows."""
+    :data:`CHUNK_FRACTION` of the logits (beside a row of each thread's ``d input`` partial): whole
+    rows when :data:`WHOLE_ROWS` of them (or all) fit, else blocks of classes across up to
+    :data:`BLOCK_ROWS` rows; logits of at most :data:`SMALL_LOGITS` elements are one chunk."""
     if chunk_size is not None:
         if chunk_size >= n_cls:
             return _row_chunk(n_rows, n_cls, chunk_size), n_cls
         return 1, chunk_size
-    rows = _row_chunk(n_rows, n_cls, None, n_hid, n_slices)
+    if n_rows * n_cls <= SMALL_LOGITS:
+        return max(1, n_rows), n_cls
+    budget = CHUNK_FRACTION * n_rows * n_cls
+    rows = int(budget / (n_cls + (n_slices * n_hid if n_slices > 1 else 0)))
     if rows >= min(n_rows, WHOLE_ROWS):
-        return rows, n_cls
+        return min(rows, n_rows), n_cls
     rows = min(n_rows, BLOCK_ROWS)
-    return rows, max(1, min(n_cls, int(CHUNK_FRACTION * n_rows * n_cls / rows)))
+    return rows, max(1, min(n_cls, int(budget / rows)))
 
 
 def _fortran_operand(m):

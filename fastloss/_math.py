@@ -17,6 +17,10 @@ name        types            max error measured in a FASTMATH kernel (tests/test
 ``tanhf``   float32→float32  1.50 ulp (the quotient form above |x| = 0.625; 0.79 in the polynomial)
 ==========  ===============  ====================================================================
 
+``exp_bounded`` and ``expf_bounded`` are ``exp`` and ``expf`` for arguments a caller knows to lie in
+``[-708, 709]`` (float64) or ``[-87, 88]`` (float32), where ``2**n`` is one normal float: they skip the
+clamps and the split scaling and return the same bits there (NaN in, NaN out; outside, garbage).
+
 ``exp``, ``log`` and ``log1p`` widen float32 or integer arguments to float64 (as ``math`` does);
 ``expf``, ``logf``, ``log1pf`` and ``tanhf`` take float32 only.
 
@@ -245,6 +249,36 @@ def exp(x):
     return _fmul(_fmul(p, _pow2(k_half)), _pow2(k - k_half))
 
 
+#: exp_bounded's domain: exp(x) for _EXP_BOUNDED_LO <= x <= _EXP_BOUNDED_HI needs n = round(x / ln2)
+#: within [-1022, 1023] only (2**n one normal float).
+_EXP_BOUNDED_LO = -708.0
+_EXP_BOUNDED_HI = 709.0
+_EXP_BIAS = 1023
+
+
+@device
+def exp_bounded(x):
+    """:func:`exp` of a float64 ``x`` in ``[-708, 709]`` (or NaN), the same bits, cheaper: no clamps, and
+    ``2**n`` applied as one factor built from ``t``'s low bits (``(bits(t) + 1023) << 52``: the high bits
+    of ``t`` shift out). Outside that range the result is meaningless: callers bound ``x`` (a softcapped
+    logit minus the row's maximum lies in ``[-2 cap, 0]``)."""
+    x = np.float64(x)
+    t = _fadd(_fmul(x, _LOG2E), _ROUND)
+    n = _fsub(t, _ROUND)
+    r = _fsub(_fsub(x, _fmul(n, _LN2_HI)), _fmul(n, _LN2_LO))
+    q = _EXP_Q8 + r * _EXP_Q9
+    q = _EXP_Q7 + r * q
+    q = _EXP_Q6 + r * q
+    q = _EXP_Q5 + r * q
+    q = _EXP_Q4 + r * q
+    q = _EXP_Q3 + r * q
+    q = _EXP_Q2 + r * q
+    q = _EXP_Q1 + r * q
+    q = _EXP_Q0 + r * q
+    p = _fadd(1.0, _fadd(r, (r * r) * q))
+    return _fmul(p, _from_bits((_bits(t) + _EXP_BIAS) << _MANTISSA_BITS))
+
+
 @device
 def _log_reduced(u, k_shift, c):
     """log(u * 2**-k_shift) + c for a positive normal float64 u and a small correction c.
@@ -336,6 +370,26 @@ def expf(x):
     k = np.int32(_bits(t) - _FROUND_BITS)
     k_half = np.int32(k >> _FONE_I)
     return _fmul(_fmul(p, _pow2f(k_half)), _pow2f(np.int32(k - k_half)))
+
+
+#: expf_bounded's domain (as exp_bounded's): n within [-126, 127]
+_FEXP_BOUNDED_LO = -87.0
+_FEXP_BOUNDED_HI = 88.0
+
+
+@device
+def expf_bounded(x):
+    """:func:`expf` of a float32 ``x`` in ``[-87, 88]`` (or NaN), the same bits, cheaper (see
+    :func:`exp_bounded`; about 0.5 ns per element against expf's 0.65 in a vectorised loop)."""
+    t = _fadd(_fmul(x, _FLOG2E), _FROUND)
+    n = _fsub(t, _FROUND)
+    r = _fsub(_fsub(x, _fmul(n, _FLN2_HI)), _fmul(n, _FLN2_LO))
+    q = _FEXP_Q3 + r * _FEXP_Q4
+    q = _FEXP_Q2 + r * q
+    q = _FEXP_Q1 + r * q
+    q = _FEXP_Q0 + r * q
+    p = _fadd(_F1, _fadd(r, (r * r) * q))
+    return _fmul(p, _from_bits(np.int32((_bits(t) + _FEXP_BIAS) << _FMANTISSA_BITS)))
 
 
 @device

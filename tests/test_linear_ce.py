@@ -363,7 +363,7 @@ def test_softcap_block_loops_vectorise():
     for fn, args in ((R._cap_block_into, (blk, np.empty_like(blk), np.empty_like(blk))),
                      (R._cap_block_inplace, (blk.copy(), np.empty_like(blk)))):
         loop = numba.njit(**uncached)(fn.py_func)
-        loop(*args, f32(0.25), f32(4.0), f32(1.0))
+        loop(*args, f32(0.25), f32(4.0), f32(1.0), True)
         ir = loop.inspect_llvm(loop.signatures[0])
         widths = {int(w) for w in re.findall(r"<(\d+) x float>", ir)}
         assert widths and max(widths) >= 4, f"{fn.__name__}: no float32 vectors"

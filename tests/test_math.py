@@ -390,3 +390,37 @@ def test_ln2_split_is_exact_enough():
     fhi = Fraction(float(_math._FLN2_HI))
     assert abs(ln2 - fhi - Fraction(float(_math._FLN2_LO))) < Fraction(1, 2**40)
     assert (fhi * 2**16).denominator == 1  # 16 bits: n * _FLN2_HI exact for |n| < 2**8
+
+
+# --------------------------------------------------------------------------------------------------
+# The bounded exponentials: the same bits as exp / expf over their whole domain, NaN propagated
+# --------------------------------------------------------------------------------------------------
+@_jit.kernel(parallel=False)
+def _exp_pair_loop(x, full, bounded):
+    for i in range(x.size):
+        full[i] = _math.exp(x[i])
+        bounded[i] = _math.exp_bounded(x[i])
+
+
+@_jit.kernel(parallel=False)
+def _expf_pair_loop(x, full, bounded):
+    for i in range(x.size):
+        full[i] = _math.expf(x[i])
+        bounded[i] = _math.expf_bounded(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bounded_exp_is_exp_on_its_domain(dtype):
+    if dtype == np.float32:
+        lo, hi, loop = _math._FEXP_BOUNDED_LO, _math._FEXP_BOUNDED_HI, _expf_pair_loop
+    else:
+        lo, hi, loop = _math._EXP_BOUNDED_LO, _math._EXP_BOUNDED_HI, _exp_pair_loop
+    rng = np.random.default_rng(5)
+    ends = [lo, hi, np.nextafter(dtype(lo), dtype(0)), np.nextafter(dtype(hi), dtype(0)), 0.0, -0.0, np.nan,
+            -np.log(2) / 2, np.log(2) / 2]
+    x = np.concatenate([uniform(lo, hi, dtype, rng), np.linspace(lo, hi, N), ends]).astype(dtype)
+    full, bounded = np.empty_like(x), np.empty_like(x)
+    loop(x, full, bounded)
+    np.testing.assert_array_equal(bounded, full)  # NaN where NaN
+    assert np.isnan(bounded[np.isnan(x)]).all()
+    assert np.nanmin(bounded) > 0  # no result flushed: the domain keeps 2**n normal

@@ -15,7 +15,8 @@ from numba import types
 from numba.extending import overload
 
 from ... import _jit
-from ..._math import _from_bits, exp, log, tanhf, tanhf_small
+from ..._math import (_EXP_BOUNDED_LO, _FEXP_BOUNDED_LO, _from_bits, exp, exp_bounded, expf_bounded, log, tanhf,
+                       tanhf_small)
 # softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
 from ..softmax.rows import (_exp_same, _float_of_key, _int_view, _key_max, _lowest_key, _row_dot, _row_exp, _row_max,
                             _row_scale, _row_scale_sub)
@@ -62,6 +63,19 @@ def _tanh_small_same_impl(v):
     if isinstance(v, types.Float) and v.bitwidth == 32:
         return lambda v: tanhf_small(v)
     return lambda v: _tanh64(np.float64(v))
+
+
+def _exp_bounded_same(v):
+    """``exp(v)`` in ``v``'s own precision for ``v`` in the bounded exp's domain
+    (:func:`fastloss._math.expf_bounded` for float32, :func:`fastloss._math.exp_bounded` for float64)."""
+    return math.exp(v)
+
+
+@overload(_exp_bounded_same)
+def _exp_bounded_same_impl(v):
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v: expf_bounded(v)
+    return lambda v: exp_bounded(np.float64(v))
 
 
 #: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``)
@@ -121,74 +135,110 @@ _loop = _jit.kernel(parallel=False)
 # folded in: the gradient pass is then the plain one, ``p_c g``, whenever ``a_c`` is zero off the
 # target), summing ``exp(z - m)``: one tanh and one exp per element, no pass recomputes either. The
 # tanh are kept (``ths``, a row) only where the statistics or the gradient need them (probability
-# targets, label smoothing); otherwise ``ths`` is one block of scratch in L1. A block whose
+# targets, label smoothing); otherwise ``ths`` is empty and nothing stores them. A block whose
 # ``|x / cap|`` all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp
-# and division.
+# and division. ``z - m`` lies in ``[-2 cap, 0]``: for a softcap up to 43.5 (float32; 354 float64) the
+# exp needs no clamps and scales by ``2**n`` in one step (:func:`fastloss._math.expf_bounded`).
 # ================================================================================================
-# The block loop is written twice, once reading the logits from another array and once in place: one
+@_jit.device
+def _cap_elem(x, inv, cc, mm, small, bounded):
+    """``(tanh(x inv), exp(cc tanh(x inv) - mm))`` of one logit: ``small`` (``|x inv| < _SMALL_TANH``)
+    takes tanh's polynomial alone, ``bounded`` (the argument known to lie in the bounded exp's domain)
+    the exp without clamps. The flags are constants at every call, so each loop compiles one case."""
+    th = _tanh_small_same(x * inv) if small else _tanh_same(x * inv)
+    a = cc * th - mm
+    return th, (_exp_bounded_same(a) if bounded else _exp_same(a))
+
+
+@_jit.device
+def _cap_loop(blk, oblk, tblk, inv, cc, mm, small, bounded, keep):
+    """``oblk = exp(cc tanh(blk inv) - mm) (1 - tanh**2)`` (``keep``: ``tblk = tanh(blk inv)``); the sum of
+    the exponentials in the data's dtype. Flags as :func:`_cap_elem`'s (constants at each call)."""
+    acc = oblk.dtype.type(0)
+    one = oblk.dtype.type(1)
+    for c in range(blk.size):
+        th, e = _cap_elem(blk[c], inv, cc, mm, small, bounded)
+        if keep:
+            tblk[c] = th
+        oblk[c] = e * (one - th * th)
+        acc += e
+    return acc
+
+
+# The block function is written twice, once reading the logits from another array and once in place: one
 # function taking the same array as ``blk`` and ``oblk`` would leave LLVM two pointers that may alias,
-# and its runtime overlap check would send the in-place call to the scalar fallback loop.
+# and its runtime overlap check would send the in-place call to the scalar fallback loop. Each holds the
+# eight cases of :func:`_cap_loop` as separate loops (a flag tested inside a loop would not vectorise).
 @_loop
-def _cap_block_into(blk, oblk, tblk, inv, cc, mm):
-    """``tblk = tanh(blk * inv)``, ``oblk = exp(cc tblk - mm) (1 - tblk**2)``; the sum of the
-    exponentials in the data's dtype."""
-    acc = oblk.dtype.type(0)
-    one = oblk.dtype.type(1)
+def _cap_block_into(blk, oblk, tblk, inv, cc, mm, bounded):
+    """``oblk = exp(cc tanh(blk inv) - mm) (1 - tanh**2)``, ``tblk = tanh(blk inv)`` unless ``tblk`` is
+    empty; the sum of the exponentials in the data's dtype. ``bounded``: ``cc tanh - mm`` lies in the
+    bounded exp's domain. A block whose ``|blk inv|`` all lie in tanh's polynomial range (softcapped
+    logits mostly do) skips tanh's own exp and division."""
+    keep = tblk.size > 0
     if _abs_max(blk) * inv < _SMALL_TANH:
-        for c in range(blk.size):
-            th = _tanh_small_same(blk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e * (one - th * th)
-            acc += e
-    else:
-        for c in range(blk.size):
-            th = _tanh_same(blk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e * (one - th * th)
-            acc += e
-    return acc
+        if bounded:
+            if keep:
+                return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, True, True)
+            return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, True, False)
+        if keep:
+            return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, False, True)
+        return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, False, False)
+    if bounded:
+        if keep:
+            return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, True, True)
+        return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, True, False)
+    if keep:
+        return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, False, True)
+    return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, False, False)
 
 
 @_loop
-def _cap_block_inplace(oblk, tblk, inv, cc, mm):
+def _cap_block_inplace(oblk, tblk, inv, cc, mm, bounded):
     """:func:`_cap_block_into` with ``oblk`` holding the logits (see above for why a twin)."""
-    acc = oblk.dtype.type(0)
-    one = oblk.dtype.type(1)
+    keep = tblk.size > 0
     if _abs_max(oblk) * inv < _SMALL_TANH:
-        for c in range(oblk.size):
-            th = _tanh_small_same(oblk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e * (one - th * th)
-            acc += e
-    else:
-        for c in range(oblk.size):
-            th = _tanh_same(oblk[c] * inv)
-            tblk[c] = th
-            e = _exp_same(cc * th - mm)
-            oblk[c] = e * (one - th * th)
-            acc += e
-    return acc
+        if bounded:
+            if keep:
+                return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, True, True)
+            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, True, False)
+        if keep:
+            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, False, True)
+        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, False, False)
+    if bounded:
+        if keep:
+            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, True, True)
+        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, True, False)
+    if keep:
+        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, False, True)
+    return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, False, False)
+
+
+@_jit.device
+def _bounded(cap, like):
+    """Whether every ``z - m`` of a row softcapped at ``cap`` (within ``[-2 cap, 0]`` up to rounding) lies
+    in the bounded exp's domain for ``like``'s dtype: ``cap <= 43.5`` (float32), ``<= 354`` (float64)."""
+    lo = _FEXP_BOUNDED_LO if like.itemsize == 4 else _EXP_BOUNDED_LO
+    return 2.0 * cap <= -lo
 
 
 @_loop
 def _cap_exp_into(xs, os, ths, m, cap, nxt):
-    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` shorter than ``xs``: one block of scratch, not kept),
-    ``os[c] = exp(cap ths[c] - m) (1 - ths[c]**2)``; the float64 sum of the exponentials (blocks of
-    :data:`_BLOCK` summed in the data's dtype) and ``max(nxt)`` (the next row's loads overlap this
-    row's arithmetic)."""
+    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(cap ths[c] - m) (1 -
+    ths[c]**2)``; the float64 sum of the exponentials (blocks of :data:`_BLOCK` summed in the data's
+    dtype) and ``max(nxt)`` (the next row's loads overlap this row's arithmetic)."""
     dt = os.dtype.type
     mm = dt(m)
     cc = dt(cap)
     inv = dt(1.0 / cap)
+    bounded = _bounded(cap, os)
     s = 0.0
     best = _lowest_key(nxt)
     keep = ths.size >= xs.size
     for lo in range(0, xs.size, _BLOCK):
         n = min(_BLOCK, xs.size - lo)
-        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:n], inv, cc, mm)
+        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, cc, mm,
+                             bounded)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 
@@ -200,12 +250,13 @@ def _cap_exp_inplace(os, ths, m, cap, nxt):
     mm = dt(m)
     cc = dt(cap)
     inv = dt(1.0 / cap)
+    bounded = _bounded(cap, os)
     s = 0.0
     best = _lowest_key(nxt)
     keep = ths.size >= os.size
     for lo in range(0, os.size, _BLOCK):
         n = min(_BLOCK, os.size - lo)
-        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:n], inv, cc, mm)
+        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, cc, mm, bounded)
         best = _key_max(nxt[lo:lo + _BLOCK], best)
     return s, _float_of_key(best)
 
@@ -346,7 +397,7 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     inplace = inplace and with_grad
     private = np.empty(0 if with_grad else n_cls, dtype=dst.dtype)
     keep = cap > 0.0 and (prob or eps > 0.0)  # the tanh of the row are needed after its exp pass
-    ths = np.empty(n_cls if keep else (_BLOCK if cap > 0.0 else 0), dtype=dst.dtype)
+    ths = np.empty(n_cls if keep else 0, dtype=dst.dtype)
     ahead = not has_bias
     m_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else 0.0
     for i in range(lo, hi):

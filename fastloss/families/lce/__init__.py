@@ -41,7 +41,8 @@ pass from memory: ``exp(z - m)`` written into the gradient buffer (with a softca
 the softcap's derivative, with ``tanh(x / s)`` kept in a private row only for probability targets or label
 smoothing), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
 the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32 data is computed in float32 (``expf``,
-``tanhf``; exponentials summed in float32 over blocks of :data:`.row_kernels._BLOCK` elements, each
+``tanhf``; with a softcap ``exp(z - m)`` as ``2**(a tanh - b)``, ``a`` and ``b`` the softcap and the maximum
+times ``log2(e)``, by ``exp2f_bounded`` when the softcap bounds the argument; exponentials summed in float32 over blocks of :data:`.row_kernels._BLOCK` elements, each
 block then added in float64); all other sums are float64.
 
 ``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the

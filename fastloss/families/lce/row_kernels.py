@@ -15,14 +15,16 @@ from numba import types
 from numba.extending import overload
 
 from ... import _jit
-from ..._math import (_EXP_BOUNDED_LO, _FEXP_BOUNDED_LO, _from_bits, exp, exp_bounded, expf_bounded, log, tanhf,
-                       tanhf_small)
+from ..._math import (_EXP_BOUNDED_LO, _FEXP2_BOUNDED_LO, _LOG2E, _from_bits, exp, exp2f_bounded, exp_bounded, expf,
+                       log, tanhf, tanhf_small)
 # softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
-from ..softmax.rows import (_exp_same, _float_of_key, _int_view, _key_max, _lowest_key, _row_dot, _row_exp, _row_max,
+from ..softmax.rows import (_float_of_key, _int_view, _lowest_key, _order_key, _row_dot, _row_exp, _row_max,
                             _row_scale, _row_scale_sub)
 
 #: float32 exponentials summed in float32 before the partial sum joins a float64 total.
 _BLOCK = 1024
+
+_loop = _jit.kernel(parallel=False)
 
 
 # ================================================================================================
@@ -65,17 +67,22 @@ def _tanh_small_same_impl(v):
     return lambda v: _tanh64(np.float64(v))
 
 
-def _exp_bounded_same(v):
-    """``exp(v)`` in ``v``'s own precision for ``v`` in the bounded exp's domain
-    (:func:`fastloss._math.expf_bounded` for float32, :func:`fastloss._math.exp_bounded` for float64)."""
-    return math.exp(v)
+_LN2 = math.log(2.0)
+_FLN2 = np.float32(_LN2)
 
 
-@overload(_exp_bounded_same)
-def _exp_bounded_same_impl(v):
+def _exp2_same(v, bounded):
+    """``2**v`` in ``v``'s own precision; ``bounded``: ``v`` lies in ``[-126, 127]`` (float32;
+    :func:`fastloss._math.exp2f_bounded`) or ``v ln2`` in ``[-708, 709]`` (float64;
+    :func:`fastloss._math.exp_bounded`), else ``exp(v ln2)`` with its clamps."""
+    return 2.0 ** v
+
+
+@overload(_exp2_same)
+def _exp2_same_impl(v, bounded):
     if isinstance(v, types.Float) and v.bitwidth == 32:
-        return lambda v: expf_bounded(v)
-    return lambda v: exp_bounded(np.float64(v))
+        return lambda v, bounded: exp2f_bounded(v) if bounded else expf(v * _FLN2)
+    return lambda v, bounded: exp_bounded(np.float64(v) * _LN2) if bounded else exp(np.float64(v) * _LN2)
 
 
 #: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``)
@@ -108,24 +115,87 @@ def _abs_max_impl(xs):
     return impl64
 
 
+def _abs_key(bits):
+    """The bits of ``|x|`` from ``x``'s (sign bit cleared): they order as the magnitudes (NaN above inf)."""
+    return bits & 0x7FFFFFFFFFFFFFFF
+
+
+@overload(_abs_key, inline="always")
+def _abs_key_impl(bits):
+    if bits.bitwidth == 32:
+        return lambda bits: np.int32(bits & np.int32(0x7FFFFFFF))
+    return lambda bits: np.int64(bits & np.int64(0x7FFFFFFFFFFFFFFF))
+
+
+@_loop
+def _key_max_abs(xs, best, top):
+    """softmax's ``_key_max(xs, best)`` and ``max(top, |xs| bits)`` in one pass (the integer maxima
+    vectorise; see :func:`fastloss.families.softmax.rows._key_max`)."""
+    bits = _int_view(xs)
+    for c in range(bits.size):
+        b = bits[c]
+        best = max(best, _order_key(b))
+        top = max(top, _abs_key(b))
+    return best, top
+
+
+# The softcapped passes take exp(z - m) as 2**(a tanh(x / cap) - b), a = cap log2(e) and b = m log2(e)
+# rounded to the data's dtype once per row: the base-2 argument costs one multiply-add and no
+# reduction by ln2 (:func:`fastloss._math.exp2f_bounded`). The softcap and the maximum the passes
+# really apply are then ``a ln2`` and ``b ln2`` (within an ulp of the data's dtype of ``cap`` and
+# ``m``); the loss takes those (:func:`_cap_scale`, :func:`_capped_max`), so that its ``lse`` and
+# ``z_t`` agree with the sum of the exponentials to float64 rounding.
+@_jit.device
+def _base2(cap, like):
+    """``a = cap log2(e)`` in ``like``'s dtype (see above)."""
+    return like.dtype.type(cap * _LOG2E)
+
+
+@_jit.device
+def _cap_scale(cap, like):
+    """The softcap the passes apply in ``like``'s dtype, ``a ln2`` (float64): ``z = _cap_scale tanh``."""
+    return np.float64(_base2(cap, like)) * _LN2
+
+
 @_jit.device
 def _capped_max(m_x, cap, like):
-    """The largest softcapped logit ``cap tanh(m_x / cap)`` from the largest logit ``m_x`` (tanh is
-    increasing), computed in ``like``'s dtype exactly as :func:`_cap_exp_into` computes each element."""
+    """The largest softcapped logit from the largest logit ``m_x`` (tanh is increasing), as the passes
+    take it: ``b ln2`` with ``b = a tanh(m_x / cap)`` rounded to ``like``'s dtype (float64)."""
     dt = like.dtype.type
-    return dt(cap) * _tanh_same(dt(m_x) * dt(1.0 / cap))
+    return np.float64(_base2(cap, like) * _tanh_same(dt(m_x) * dt(1.0 / cap))) * _LN2
+
+
+@_jit.device
+def _on_base2_grid(m, like):
+    """``m`` (float64) moved to the nearest ``b ln2`` with ``b`` of ``like``'s dtype: the maximum the
+    passes apply when given ``m`` (for a merged maximum of class blocks)."""
+    return np.float64(like.dtype.type(m * _LOG2E)) * _LN2
+
+
+@_jit.device
+def _bounded(cap, like):
+    """Whether every base-2 argument ``a tanh - b`` of a row softcapped at ``cap`` (``z - m`` in
+    ``[-2 cap, 0]`` up to rounding) lies in the bounded exponential's domain for ``like``'s dtype:
+    ``cap <= 43.6`` (float32), ``<= 354`` (float64)."""
+    if like.itemsize == 4:
+        return 2.0 * cap * _LOG2E <= -_FEXP2_BOUNDED_LO
+    return 2.0 * cap <= -_EXP_BOUNDED_LO
+
+
+@_jit.device
+def _cap_exp_of(th, m, cap, like):
+    """``exp(z - m)`` of the logit whose ``tanh(x / cap)`` is ``th``, exactly as the passes compute it."""
+    dt = like.dtype.type
+    return _exp2_same(_base2(cap, like) * dt(th) - dt(m * _LOG2E), _bounded(cap, like))
 
 
 @_jit.device
 def _cap_point(x, m, cap, like):
-    """``(tanh(x / cap), exp(cap tanh(x / cap) - m))`` of one logit in ``like``'s dtype, computed as the
-    exp passes compute them for a row (the target's, whose stored value has the derivative folded in)."""
+    """``(tanh(x / cap), exp(z - m))`` of one logit in ``like``'s dtype, computed as the exp passes
+    compute them for a row (the target's, whose stored value has the derivative folded in)."""
     dt = like.dtype.type
     th = _tanh_same(dt(x) * dt(1.0 / cap))
-    return th, _exp_same(dt(cap) * th - dt(m))
-
-
-_loop = _jit.kernel(parallel=False)
+    return th, _cap_exp_of(th, m, cap, like)
 
 
 # ================================================================================================
@@ -137,27 +207,29 @@ _loop = _jit.kernel(parallel=False)
 # tanh are kept (``ths``, a row) only where the statistics or the gradient need them (probability
 # targets, label smoothing); otherwise ``ths`` is empty and nothing stores them. A block whose
 # ``|x / cap|`` all lie in tanh's polynomial range (softcapped logits mostly do) skips tanh's own exp
-# and division. ``z - m`` lies in ``[-2 cap, 0]``: for a softcap up to 43.5 (float32; 354 float64) the
-# exp needs no clamps and scales by ``2**n`` in one step (:func:`fastloss._math.expf_bounded`).
+# and division; when the row's largest ``|x / cap|`` (taken in the previous row's pass with its maximum)
+# is below that range, no block looks at its own. The exponential is taken in base 2 (see
+# :func:`_base2`); ``z - m`` lies in ``[-2 cap, 0]``, so for a softcap up to 43.6 (float32; 354
+# float64) it needs no clamps and scales by ``2**n`` in one step (:func:`_bounded`).
 # ================================================================================================
 @_jit.device
-def _cap_elem(x, inv, cc, mm, small, bounded):
-    """``(tanh(x inv), exp(cc tanh(x inv) - mm))`` of one logit: ``small`` (``|x inv| < _SMALL_TANH``)
-    takes tanh's polynomial alone, ``bounded`` (the argument known to lie in the bounded exp's domain)
-    the exp without clamps. The flags are constants at every call, so each loop compiles one case."""
+def _cap_elem(x, inv, a, b, small, bounded):
+    """``(tanh(x inv), 2**(a tanh(x inv) - b))`` of one logit: ``small`` (``|x inv| < _SMALL_TANH``)
+    takes tanh's polynomial alone, ``bounded`` (the argument known to lie in the bounded exponential's
+    domain) the exponential without clamps. The flags are constants at every call, so each loop
+    compiles one case."""
     th = _tanh_small_same(x * inv) if small else _tanh_same(x * inv)
-    a = cc * th - mm
-    return th, (_exp_bounded_same(a) if bounded else _exp_same(a))
+    return th, _exp2_same(a * th - b, bounded)
 
 
 @_jit.device
-def _cap_loop(blk, oblk, tblk, inv, cc, mm, small, bounded, keep):
-    """``oblk = exp(cc tanh(blk inv) - mm) (1 - tanh**2)`` (``keep``: ``tblk = tanh(blk inv)``); the sum of
+def _cap_loop(blk, oblk, tblk, inv, a, b, small, bounded, keep):
+    """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)`` (``keep``: ``tblk = tanh(blk inv)``); the sum of
     the exponentials in the data's dtype. Flags as :func:`_cap_elem`'s (constants at each call)."""
     acc = oblk.dtype.type(0)
     one = oblk.dtype.type(1)
     for c in range(blk.size):
-        th, e = _cap_elem(blk[c], inv, cc, mm, small, bounded)
+        th, e = _cap_elem(blk[c], inv, a, b, small, bounded)
         if keep:
             tblk[c] = th
         oblk[c] = e * (one - th * th)
@@ -170,107 +242,107 @@ def _cap_loop(blk, oblk, tblk, inv, cc, mm, small, bounded, keep):
 # and its runtime overlap check would send the in-place call to the scalar fallback loop. Each holds the
 # eight cases of :func:`_cap_loop` as separate loops (a flag tested inside a loop would not vectorise).
 @_loop
-def _cap_block_into(blk, oblk, tblk, inv, cc, mm, bounded):
-    """``oblk = exp(cc tanh(blk inv) - mm) (1 - tanh**2)``, ``tblk = tanh(blk inv)`` unless ``tblk`` is
-    empty; the sum of the exponentials in the data's dtype. ``bounded``: ``cc tanh - mm`` lies in the
-    bounded exp's domain. A block whose ``|blk inv|`` all lie in tanh's polynomial range (softcapped
-    logits mostly do) skips tanh's own exp and division."""
+def _cap_block_into(blk, oblk, tblk, inv, a, b, small, bounded):
+    """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)``, ``tblk = tanh(blk inv)`` unless ``tblk`` is
+    empty; the sum of the exponentials in the data's dtype. ``bounded``: ``a tanh - b`` lies in the
+    bounded exponential's domain. A block whose ``|blk inv|`` all lie in tanh's polynomial range (softcapped
+    logits mostly do) skips tanh's own exp and division; ``small``: the caller knows they do (the whole
+    row does), so the block's own ``max |blk|`` is not taken."""
     keep = tblk.size > 0
-    if _abs_max(blk) * inv < _SMALL_TANH:
+    if small or _abs_max(blk) * inv < _SMALL_TANH:
         if bounded:
             if keep:
-                return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, True, True)
-            return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, True, False)
+                return _cap_loop(blk, oblk, tblk, inv, a, b, True, True, True)
+            return _cap_loop(blk, oblk, tblk, inv, a, b, True, True, False)
         if keep:
-            return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, False, True)
-        return _cap_loop(blk, oblk, tblk, inv, cc, mm, True, False, False)
+            return _cap_loop(blk, oblk, tblk, inv, a, b, True, False, True)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, True, False, False)
     if bounded:
         if keep:
-            return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, True, True)
-        return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, True, False)
+            return _cap_loop(blk, oblk, tblk, inv, a, b, False, True, True)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, False, True, False)
     if keep:
-        return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, False, True)
-    return _cap_loop(blk, oblk, tblk, inv, cc, mm, False, False, False)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, False, False, True)
+    return _cap_loop(blk, oblk, tblk, inv, a, b, False, False, False)
 
 
 @_loop
-def _cap_block_inplace(oblk, tblk, inv, cc, mm, bounded):
+def _cap_block_inplace(oblk, tblk, inv, a, b, small, bounded):
     """:func:`_cap_block_into` with ``oblk`` holding the logits (see above for why a twin)."""
     keep = tblk.size > 0
-    if _abs_max(oblk) * inv < _SMALL_TANH:
+    if small or _abs_max(oblk) * inv < _SMALL_TANH:
         if bounded:
             if keep:
-                return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, True, True)
-            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, True, False)
+                return _cap_loop(oblk, oblk, tblk, inv, a, b, True, True, True)
+            return _cap_loop(oblk, oblk, tblk, inv, a, b, True, True, False)
         if keep:
-            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, False, True)
-        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, True, False, False)
+            return _cap_loop(oblk, oblk, tblk, inv, a, b, True, False, True)
+        return _cap_loop(oblk, oblk, tblk, inv, a, b, True, False, False)
     if bounded:
         if keep:
-            return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, True, True)
-        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, True, False)
+            return _cap_loop(oblk, oblk, tblk, inv, a, b, False, True, True)
+        return _cap_loop(oblk, oblk, tblk, inv, a, b, False, True, False)
     if keep:
-        return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, False, True)
-    return _cap_loop(oblk, oblk, tblk, inv, cc, mm, False, False, False)
-
-
-@_jit.device
-def _bounded(cap, like):
-    """Whether every ``z - m`` of a row softcapped at ``cap`` (within ``[-2 cap, 0]`` up to rounding) lies
-    in the bounded exp's domain for ``like``'s dtype: ``cap <= 43.5`` (float32), ``<= 354`` (float64)."""
-    lo = _FEXP_BOUNDED_LO if like.itemsize == 4 else _EXP_BOUNDED_LO
-    return 2.0 * cap <= -lo
+        return _cap_loop(oblk, oblk, tblk, inv, a, b, False, False, True)
+    return _cap_loop(oblk, oblk, tblk, inv, a, b, False, False, False)
 
 
 @_loop
-def _cap_exp_into(xs, os, ths, m, cap, nxt):
-    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(cap ths[c] - m) (1 -
-    ths[c]**2)``; the float64 sum of the exponentials (blocks of :data:`_BLOCK` summed in the data's
-    dtype) and ``max(nxt)`` (the next row's loads overlap this row's arithmetic)."""
+def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
+    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(z_c - m) (1 - ths[c]**2)``
+    (``m`` on the base-2 grid of :func:`_capped_max`, ``z_c = _cap_scale ths[c]``); the float64 sum of the exponentials (blocks of :data:`_BLOCK` summed in the data's
+    dtype), ``max(nxt)`` and ``max |nxt|`` (the next row's loads overlap this row's arithmetic). ``a_x``:
+    ``max |xs|`` when known (else inf): below ``_SMALL_TANH cap`` no block takes its own."""
     dt = os.dtype.type
-    mm = dt(m)
-    cc = dt(cap)
+    a = _base2(cap, os)
+    b = dt(m * _LOG2E)
     inv = dt(1.0 / cap)
     bounded = _bounded(cap, os)
+    small = dt(a_x) * inv < _SMALL_TANH
     s = 0.0
     best = _lowest_key(nxt)
+    top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= xs.size
     for lo in range(0, xs.size, _BLOCK):
         n = min(_BLOCK, xs.size - lo)
-        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, cc, mm,
+        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, small,
                              bounded)
-        best = _key_max(nxt[lo:lo + _BLOCK], best)
-    return s, _float_of_key(best)
+        best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
+    return s, _float_of_key(best), np.float64(_from_bits(top))
 
 
 @_loop
-def _cap_exp_inplace(os, ths, m, cap, nxt):
+def _cap_exp_inplace(os, ths, m, cap, a_x, nxt):
     """:func:`_cap_exp_into` with ``os`` holding the logits."""
     dt = os.dtype.type
-    mm = dt(m)
-    cc = dt(cap)
+    a = _base2(cap, os)
+    b = dt(m * _LOG2E)
     inv = dt(1.0 / cap)
     bounded = _bounded(cap, os)
+    small = dt(a_x) * inv < _SMALL_TANH
     s = 0.0
     best = _lowest_key(nxt)
+    top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= os.size
     for lo in range(0, os.size, _BLOCK):
         n = min(_BLOCK, os.size - lo)
-        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, cc, mm, bounded)
-        best = _key_max(nxt[lo:lo + _BLOCK], best)
-    return s, _float_of_key(best)
+        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, small, bounded)
+        best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
+    return s, _float_of_key(best), np.float64(_from_bits(top))
 
 
 @_jit.device
-def _seg_exp(xs, os, ths, m, cap, nxt, inplace):
-    """``os = exp(z - m)``, its float64 sum and ``max(nxt)`` (``z = xs``); with a softcap (``cap > 0``)
-    ``z = cap tanh(xs / cap)``, ``os = exp(z - m) (1 - tanh**2)`` and ``ths = tanh(xs / cap)`` (see
-    :func:`_cap_exp_into`). ``inplace``: ``os`` is ``xs``."""
+def _seg_exp(xs, os, ths, m, cap, a_x, nxt, inplace):
+    """``os = exp(z - m)``, its float64 sum, ``max(nxt)`` and (with a softcap) ``max |nxt|`` (``z = xs``);
+    with a softcap (``cap > 0``) ``z = cap tanh(xs / cap)``, ``os = exp(z - m) (1 - tanh**2)`` and ``ths =
+    tanh(xs / cap)``, ``a_x`` is ``max |xs|`` or inf (see :func:`_cap_exp_into`). ``inplace``: ``os`` is
+    ``xs``."""
     if cap > 0.0:
         if inplace:
-            return _cap_exp_inplace(os, ths, m, cap, nxt)
-        return _cap_exp_into(xs, os, ths, m, cap, nxt)
-    return _row_exp(xs, os, os.dtype.type(m), nxt, inplace)
+            return _cap_exp_inplace(os, ths, m, cap, a_x, nxt)
+        return _cap_exp_into(xs, os, ths, m, cap, a_x, nxt)
+    s, mk = _row_exp(xs, os, os.dtype.type(m), nxt, inplace)
+    return s, mk, np.inf
 
 
 @_loop
@@ -367,12 +439,12 @@ def _seg(a, bases, widths, k, i):
 
 @_jit.device
 def _slices_max(a, bases, widths, i):
-    """The largest logit of row ``i`` over its slices."""
-    m = -np.inf
+    """The largest logit of row ``i`` over its slices, and the largest ``|logit|``."""
+    best = _lowest_key(a)
+    top = _int_view(a[:0]).dtype.type(0)
     for k in range(widths.size):
-        mk = np.float64(_row_max(_seg(a, bases, widths, k, i)))
-        m = mk if mk > m else m
-    return m
+        best, top = _key_max_abs(_seg(a, bases, widths, k, i), best, top)
+    return np.float64(_float_of_key(best)), np.float64(_from_bits(top))
 
 
 @_loop
@@ -399,7 +471,7 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     keep = cap > 0.0 and (prob or eps > 0.0)  # the tanh of the row are needed after its exp pass
     ths = np.empty(n_cls if keep else 0, dtype=dst.dtype)
     ahead = not has_bias
-    m_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else 0.0
+    m_next, a_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else (0.0, np.inf)
     for i in range(lo, hi):
         ti = 0 if prob else t[i]
         ignored = (not prob) and ti == ignore_index
@@ -407,15 +479,16 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
         if has_bias:
             for k in range(n_slices):
                 _seg_add(_seg(dst, bases, widths, k, i), bias[col0s[k]:col0s[k] + widths[k]])
-            m_x = _slices_max(dst, bases, widths, i)
+            m_x, a_x = _slices_max(dst, bases, widths, i)
         else:
-            m_x = m_next
+            m_x, a_x = m_next, a_next
         if ignored and not with_grad:
             loss[i] = 0.0
             if nxt_ok:
-                m_next = _slices_max(src, bases, widths, i + 1)
+                m_next, a_next = _slices_max(src, bases, widths, i + 1)
             continue
-        m = np.float64(_capped_max(m_x, cap, dst)) if cap > 0.0 else np.float64(dst.dtype.type(m_x))
+        m = _capped_max(m_x, cap, dst) if cap > 0.0 else np.float64(dst.dtype.type(m_x))
+        scale = _cap_scale(cap, dst) if cap > 0.0 else 1.0  # z = scale tanh(x / cap)
         # the target's slice and column
         jt = 0
         if not prob and not ignored:
@@ -445,19 +518,22 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
             th_t, e_t = _cap_point(src[jt], m, cap, dst)
             tht = np.float64(th_t)
             et = np.float64(e_t)
-            zt = cap * tht
+            zt = scale * tht
         total = 0.0
         mn = -np.inf
+        an = 0.0
         for k in range(n_slices):
             xs = _seg(src, bases, widths, k, i)
             os = _seg(dst, bases, widths, k, i) if with_grad else private[col0s[k]:col0s[k] + widths[k]]
             nxt = _seg(src, bases, widths, k, i + 1) if nxt_ok else xs[:0]
-            sk, mk = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if keep else ths, m, cap, nxt, inplace)
+            sk, mk, ak = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if keep else ths, m, cap, a_x, nxt,
+                                  inplace)
             total += sk
             mk = np.float64(mk)
             mn = mk if mk > mn else mn
+            an = ak if ak > an or ak != ak else an  # a NaN sticks
         if nxt_ok:
-            m_next = mn
+            m_next, a_next = mn, an
         if keep:  # statistics of z = cap tanh(x / cap), from the kept tanh (linear in it)
             for k in range(n_slices):
                 tk = ths[col0s[k]:col0s[k] + widths[k]]
@@ -465,9 +541,9 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
                 if prob:
                     a, b = _seg_prob_sums(tk, q[i, col0s[k]:col0s[k] + widths[k]], ws, eps, e_c)
                     sa += a
-                    saz += cap * b
+                    saz += scale * b
                 elif eps > 0.0 and not ignored:
-                    dot += cap * _row_dot(tk, ws)
+                    dot += scale * _row_dot(tk, ws)
         if ignored:
             li, gs, kk = 0.0, 0.0, 0.0
         else:
@@ -508,15 +584,15 @@ def _block_stats_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, 
         if has_bias:
             _seg_add(zs, bs)
         mx = np.float64(_row_max(zs))
-        mb = np.float64(_capped_max(mx, cap, zs)) if cap > 0.0 else mx
+        mb = _capped_max(mx, cap, zs) if cap > 0.0 else mx
         st = stats[i]
         m = max(st[0], mb) if mb == mb else st[0]
-        m = np.float64(z.dtype.type(m))
-        sb = _seg_exp(zs, private, ths, m, cap, zs[:0], False)[0]
+        m = _on_base2_grid(m, zs) if cap > 0.0 else np.float64(z.dtype.type(m))
+        sb = _seg_exp(zs, private, ths, m, cap, np.inf, zs[:0], False)[0]
         st[1] = st[1] * exp(st[0] - m) + sb if st[0] > -np.inf else sb
         st[0] = m
         vals = ths if cap > 0.0 else zs
-        scale = cap if cap > 0.0 else 1.0
+        scale = _cap_scale(cap, zs) if cap > 0.0 else 1.0
         if prob:
             sa, saz = _seg_prob_sums(vals, q[i, col0:col0 + width], ws, eps, e_c)
             st[4] += sa
@@ -546,7 +622,7 @@ def _block_grad_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, e
         if has_bias:
             _seg_add(zs, bs)
         m = stats[i, 0]
-        _seg_exp(zs, zs, ths, m, cap, zs[:0], True)
+        _seg_exp(zs, zs, ths, m, cap, np.inf, zs[:0], True)
         g = gsum[i] / stats[i, 1]
         qs = q[i, col0:col0 + width] if prob else q[0, :0]
         ti = -1 if prob or t[i] == ignore_index else t[i] - col0
@@ -555,7 +631,7 @@ def _block_grad_chunk(c, nchunks, z, col0, bias, has_bias, cap, prob, t, q, w, e
         tht = 0.0
         if at and cap > 0.0:  # zs[ti] holds exp(z_t - m) (1 - tanh**2): the exp as the pass made it
             tht = np.float64(ths[ti])
-            et = np.float64(_exp_same(z.dtype.type(cap) * ths[ti] - z.dtype.type(m)))
+            et = np.float64(_cap_exp_of(ths[ti], m, cap, zs))
         _seg_grad(zs, ths, g, kk[i], ws, qs, prob, eps, e_c, cap)
         if at:
             zs[ti] = _target_grad(et, tht, g, kk[i], np.float64(w[t[i]]), eps, e_c, cap)

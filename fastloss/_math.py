@@ -15,6 +15,7 @@ name        types            max error measured in a FASTMATH kernel (tests/test
 ``logf``    float32→float32  0.78 ulp over all positive floats, subnormals included
 ``log1pf``  float32→float32  0.81 ulp, relative to the result also near 0
 ``tanhf``   float32→float32  1.50 ulp (the quotient form above |x| = 0.625; 0.79 in the polynomial)
+``tanhf_tiny`` float32       0.77 ulp, for |x| < 0.4375 only (a shorter polynomial)
 ==========  ===============  ====================================================================
 
 ``exp_bounded`` is ``exp`` for arguments a caller knows to lie in ``[-708, 709]``, where ``2**n`` is one
@@ -212,6 +213,12 @@ _FTANH_Q2 = np.float32(-0.05385249853134155)
 _FTANH_Q3 = np.float32(0.021003641188144684)
 _FTANH_Q4 = np.float32(-0.006104947999119759)
 _FM2 = np.float32(-2.0)
+# tanhf_tiny: the same form for |x| < _FTANH_TINY = 7/16 with a degree-3 q on s in [0, 49/256] (0.77 ulp)
+_FTANH_TINY = np.float32(0.4375)
+_FTANH_T0 = np.float32(-0.33333325386047363)
+_FTANH_T1 = np.float32(0.13332007825374603)
+_FTANH_T2 = np.float32(-0.053615644574165344)
+_FTANH_T3 = np.float32(0.01881442405283451)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,6 +469,17 @@ def tanhf_small(x):
     q = _FTANH_Q2 + s * q
     q = _FTANH_Q1 + s * q
     q = _FTANH_Q0 + s * q
+    return _fadd(x, x * (s * q))
+
+
+@device
+def tanhf_tiny(x):
+    """:func:`tanhf_small` for ``|x| < 0.4375`` only, one term shorter (degree-3 ``q``): for a caller that
+    knows a whole row of arguments is that small (softcapped logits well inside the cap)."""
+    s = x * x
+    q = _FTANH_T2 + s * _FTANH_T3
+    q = _FTANH_T1 + s * q
+    q = _FTANH_T0 + s * q
     return _fadd(x, x * (s * q))
 
 

@@ -384,6 +384,29 @@ def test_softcap_rows_of_several_blocks(kind, inplace, cap):
     assert_close(fl.cross_entropy(x, t, **kw), rv, np.float32, "value alone")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["index", "index-smooth", "prob"])
+@pytest.mark.parametrize("top", [0.3, 0.5, 0.6, 0.9, 3.0])
+def test_softcap_tanh_tiers(top, kind, dtype):
+    """Rows whose largest |x / cap| is ``top``: below 0.4375 the rows take the shortest tanh, below
+    0.625 tanh's polynomial, above it each block decides (some blocks small, some not); value and
+    gradient against the float64 reference, the next rows' maxima taken in each pass."""
+    rng = np.random.default_rng(int(top * 10))
+    cap = 30.0
+    n, c = 7, 3 * lce.row_kernels._BLOCK + 11
+    x = rng.uniform(-1.0, 1.0, (n, c))
+    x *= top * cap / np.abs(x).max(axis=1, keepdims=True)
+    x = x.astype(dtype)
+    t = lce._prob_targets(rng, (n, c), dtype) if kind == "prob" else rng.integers(0, c, n)
+    kw = {"softcap": cap, "label_smoothing": 0.1 if kind != "index" else 0.0, "reduction": "none"}
+    rv, (rg,) = lce.ref_cross_entropy(x.astype(np.float64), t.astype(np.float64) if kind == "prob" else t, **kw)
+    for out in (None, "in-place"):
+        xx = x.copy()
+        v, g = fl.value_and_grad(fl.cross_entropy)(xx, t, out=xx if out else None, **kw)
+        assert_close(v, rv, dtype, f"value {out}")
+        assert_close(g, rg, dtype, f"gradient {out}")
+
+
 def test_softcap_block_loops_vectorise():
     """The softcap exp passes (both twins: logits read from another array and in place) compile to
     float32 vector code with the fast-math flags, without scalar calls of exp or tanh."""
@@ -400,7 +423,7 @@ def test_softcap_block_loops_vectorise():
     for fn, args in ((R._cap_block_into, (blk, np.empty_like(blk), np.empty_like(blk))),
                      (R._cap_block_inplace, (blk.copy(), np.empty_like(blk)))):
         loop = numba.njit(**uncached)(fn.py_func)
-        loop(*args, f32(0.25), f32(4.0), f32(1.0), False, True)
+        loop(*args, f32(0.25), f32(4.0), f32(1.0), 0, True)
         ir = loop.inspect_llvm(loop.signatures[0])
         widths = {int(w) for w in re.findall(r"<(\d+) x float>", ir)}
         assert widths and max(widths) >= 4, f"{fn.__name__}: no float32 vectors"

@@ -71,6 +71,12 @@ def _tanhf_loop(x, out):
 
 
 @_jit.kernel(parallel=False)
+def _tanhf_tiny_loop(x, out):
+    for i in range(x.size):
+        out[i] = _math.tanhf_tiny(x[i])
+
+
+@_jit.kernel(parallel=False)
 def _exp2f_bounded_loop(x, out):
     for i in range(x.size):
         out[i] = _math.exp2f_bounded(x[i])
@@ -84,13 +90,14 @@ def _exp_log_prange(x, out_exp, out_log):
 
 
 LOOPS = {"exp": _exp_loop, "log": _log_loop, "log1p": _log1p_loop, "expf": _expf_loop, "logf": _logf_loop,
-         "log1pf": _log1pf_loop, "tanhf": _tanhf_loop, "exp2f_bounded": _exp2f_bounded_loop}
+         "log1pf": _log1pf_loop, "tanhf": _tanhf_loop, "exp2f_bounded": _exp2f_bounded_loop,
+         "tanhf_tiny": _tanhf_tiny_loop}
 REFERENCE = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "expf": np.exp, "logf": np.log,
-             "log1pf": np.log1p, "tanhf": np.tanh, "exp2f_bounded": np.exp2}
+             "log1pf": np.log1p, "tanhf": np.tanh, "exp2f_bounded": np.exp2, "tanhf_tiny": np.tanh}
 
 
 def dtype_of(name):
-    return np.float32 if name.endswith("f") or name == "exp2f_bounded" else np.float64
+    return np.float32 if name.endswith("f") or name in ("exp2f_bounded", "tanhf_tiny") else np.float64
 
 
 def run(name, x):
@@ -147,6 +154,12 @@ REGIONS = {
         "domain": lambda rng: uniform(-126.0, 127.0, np.float32, rng),
         "near the ends": lambda rng: np.concatenate([uniform(-126.0, -120.0, np.float32, rng),
                                                      uniform(120.0, 127.0, np.float32, rng)]),
+    },
+    "tanhf_tiny": {  # its domain only
+        "tiny": lambda rng: uniform(-1e-6, 1e-6, np.float32, rng),
+        "domain": lambda rng: uniform(-0.4375, 0.4375, np.float32, rng),
+        "near the end": lambda rng: uniform(0.4, 0.4375, np.float32, rng),
+        "subnormal": lambda rng: uniform(-1.1754943508222875e-38, 1.1754943508222875e-38, np.float32, rng),
     },
     "log": {
         "all positive floats": lambda rng: positive_bit_patterns(np.float64, rng),
@@ -395,6 +408,7 @@ Z_MAX = Fraction(0.0295)
         ("_LOG_P", 7, log_taylor_p(30), Fraction(0), Z_MAX, np.float64),
         ("_FLOG_P", 3, log_taylor_p(30), Fraction(0), Z_MAX, np.float32),
         ("_FTANH_Q", 5, tanh_taylor_q(40), Fraction(0), Fraction(25, 64), np.float32),
+        ("_FTANH_T", 4, tanh_taylor_q(40), Fraction(0), Fraction(49, 256), np.float32),
     ],
 )
 def test_polynomial_coefficients(prefix, count, taylor, lo, hi, dtype):

@@ -16,7 +16,7 @@ from numba.extending import overload
 
 from ... import _jit
 from ..._math import (_EXP_BOUNDED_LO, _FEXP2_BOUNDED_LO, _LOG2E, _from_bits, exp, exp2f_bounded, exp_bounded, expf,
-                       log, tanhf, tanhf_small)
+                       log, tanhf, tanhf_small, tanhf_tiny)
 # softmax's row primitives (exp in the data's own precision, integer-key maxima, the exp / scale passes)
 from ..softmax.rows import (_float_of_key, _int_view, _lowest_key, _order_key, _row_dot, _row_exp, _row_max,
                             _row_scale, _row_scale_sub)
@@ -85,8 +85,22 @@ def _exp2_same_impl(v, bounded):
     return lambda v, bounded: exp_bounded(np.float64(v) * _LN2) if bounded else exp(np.float64(v) * _LN2)
 
 
-#: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``)
+#: tanhf's polynomial serves |x / cap| below this (``_math._FTANH_SMALL``), tanhf_tiny below the second
 _SMALL_TANH = 0.625
+_TINY_TANH = 0.4375
+
+
+def _tanh_tiny_same(v):
+    """``tanh(v)`` for ``|v| < _TINY_TANH`` (float32: :func:`fastloss._math.tanhf_tiny`); float64:
+    :func:`_tanh64`."""
+    return math.tanh(v)
+
+
+@overload(_tanh_tiny_same)
+def _tanh_tiny_same_impl(v):
+    if isinstance(v, types.Float) and v.bitwidth == 32:
+        return lambda v: tanhf_tiny(v)
+    return lambda v: _tanh64(np.float64(v))
 
 
 def _abs_max(xs):
@@ -212,24 +226,37 @@ def _cap_point(x, m, cap, like):
 # :func:`_base2`); ``z - m`` lies in ``[-2 cap, 0]``, so for a softcap up to 43.6 (float32; 354
 # float64) it needs no clamps and scales by ``2**n`` in one step (:func:`_bounded`).
 # ================================================================================================
+#: How each element's tanh is taken (constants, so that every loop compiles one case): ``_FULL``
+#: tanhf (any argument), ``_SMALL`` its polynomial alone (``|x / cap| < _SMALL_TANH``), ``_TINY`` a
+#: polynomial one term shorter (``|x / cap| < _TINY_TANH``; float32 only: float64 takes ``_tanh64``).
+_FULL = 0
+_SMALL = 1
+_TINY = 2
+
+
 @_jit.device
-def _cap_elem(x, inv, a, b, small, bounded):
-    """``(tanh(x inv), 2**(a tanh(x inv) - b))`` of one logit: ``small`` (``|x inv| < _SMALL_TANH``)
-    takes tanh's polynomial alone, ``bounded`` (the argument known to lie in the bounded exponential's
-    domain) the exponential without clamps. The flags are constants at every call, so each loop
-    compiles one case."""
-    th = _tanh_small_same(x * inv) if small else _tanh_same(x * inv)
+def _tanh_tier(am):
+    """The tier whose range holds ``|x / cap| <= am``."""
+    return _TINY if am < _TINY_TANH else (_SMALL if am < _SMALL_TANH else _FULL)
+
+
+@_jit.device
+def _cap_elem(x, inv, a, b, tier, bounded):
+    """``(tanh(x inv), 2**(a tanh(x inv) - b))`` of one logit, tanh as ``tier`` says, and ``bounded``
+    (the argument known to lie in the bounded exponential's domain) the exponential without clamps."""
+    u = x * inv
+    th = _tanh_tiny_same(u) if tier == _TINY else (_tanh_small_same(u) if tier == _SMALL else _tanh_same(u))
     return th, _exp2_same(a * th - b, bounded)
 
 
 @_jit.device
-def _cap_loop(blk, oblk, tblk, inv, a, b, small, bounded, keep):
+def _cap_loop(blk, oblk, tblk, inv, a, b, tier, bounded, keep):
     """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)`` (``keep``: ``tblk = tanh(blk inv)``); the sum of
     the exponentials in the data's dtype. Flags as :func:`_cap_elem`'s (constants at each call)."""
     acc = oblk.dtype.type(0)
     one = oblk.dtype.type(1)
     for c in range(blk.size):
-        th, e = _cap_elem(blk[c], inv, a, b, small, bounded)
+        th, e = _cap_elem(blk[c], inv, a, b, tier, bounded)
         if keep:
             tblk[c] = th
         oblk[c] = e * (one - th * th)
@@ -237,54 +264,48 @@ def _cap_loop(blk, oblk, tblk, inv, a, b, small, bounded, keep):
     return acc
 
 
-# The block function is written twice, once reading the logits from another array and once in place: one
-# function taking the same array as ``blk`` and ``oblk`` would leave LLVM two pointers that may alias,
-# and its runtime overlap check would send the in-place call to the scalar fallback loop. Each holds the
-# eight cases of :func:`_cap_loop` as separate loops (a flag tested inside a loop would not vectorise).
-@_loop
-def _cap_block_into(blk, oblk, tblk, inv, a, b, small, bounded):
+@_jit.device
+def _cap_block(blk, oblk, tblk, inv, a, b, tier, bounded):
     """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)``, ``tblk = tanh(blk inv)`` unless ``tblk`` is
-    empty; the sum of the exponentials in the data's dtype. ``bounded``: ``a tanh - b`` lies in the
-    bounded exponential's domain. A block whose ``|blk inv|`` all lie in tanh's polynomial range (softcapped
-    logits mostly do) skips tanh's own exp and division; ``small``: the caller knows they do (the whole
-    row does), so the block's own ``max |blk|`` is not taken."""
+    empty; the sum of the exponentials in the data's dtype. ``tier``: the row's (:func:`_tanh_tier` of
+    its largest ``|x / cap|``), or ``_FULL`` when some element needs tanhf: then the block takes its own
+    ``max |blk|``. ``bounded``: ``a tanh - b`` lies in the bounded exponential's domain. Nine cases as
+    separate loops (a flag tested inside a loop would not vectorise); the shortest tanh only where it
+    pays, on the common path (no tanh kept, bounded)."""
     keep = tblk.size > 0
-    if small or _abs_max(blk) * inv < _SMALL_TANH:
-        if bounded:
-            if keep:
-                return _cap_loop(blk, oblk, tblk, inv, a, b, True, True, True)
-            return _cap_loop(blk, oblk, tblk, inv, a, b, True, True, False)
-        if keep:
-            return _cap_loop(blk, oblk, tblk, inv, a, b, True, False, True)
-        return _cap_loop(blk, oblk, tblk, inv, a, b, True, False, False)
+    t = tier if tier != _FULL else _tanh_tier(_abs_max(blk) * inv)
+    if bounded and not keep:
+        if t == _TINY:
+            return _cap_loop(blk, oblk, tblk, inv, a, b, _TINY, True, False)
+        if t == _SMALL:
+            return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, True, False)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, True, False)
     if bounded:
-        if keep:
-            return _cap_loop(blk, oblk, tblk, inv, a, b, False, True, True)
-        return _cap_loop(blk, oblk, tblk, inv, a, b, False, True, False)
+        if t != _FULL:
+            return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, True, True)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, True, True)
     if keep:
-        return _cap_loop(blk, oblk, tblk, inv, a, b, False, False, True)
-    return _cap_loop(blk, oblk, tblk, inv, a, b, False, False, False)
+        if t != _FULL:
+            return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, False, True)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, False, True)
+    if t != _FULL:
+        return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, False, False)
+    return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, False, False)
+
+
+# The block function is compiled twice, once reading the logits from another array and once in place:
+# one function taking the same array as ``blk`` and ``oblk`` would leave LLVM two pointers that may
+# alias, and its runtime overlap check would send the in-place call to the scalar fallback loop.
+@_loop
+def _cap_block_into(blk, oblk, tblk, inv, a, b, tier, bounded):
+    """:func:`_cap_block` reading the logits ``blk``."""
+    return _cap_block(blk, oblk, tblk, inv, a, b, tier, bounded)
 
 
 @_loop
-def _cap_block_inplace(oblk, tblk, inv, a, b, small, bounded):
-    """:func:`_cap_block_into` with ``oblk`` holding the logits (see above for why a twin)."""
-    keep = tblk.size > 0
-    if small or _abs_max(oblk) * inv < _SMALL_TANH:
-        if bounded:
-            if keep:
-                return _cap_loop(oblk, oblk, tblk, inv, a, b, True, True, True)
-            return _cap_loop(oblk, oblk, tblk, inv, a, b, True, True, False)
-        if keep:
-            return _cap_loop(oblk, oblk, tblk, inv, a, b, True, False, True)
-        return _cap_loop(oblk, oblk, tblk, inv, a, b, True, False, False)
-    if bounded:
-        if keep:
-            return _cap_loop(oblk, oblk, tblk, inv, a, b, False, True, True)
-        return _cap_loop(oblk, oblk, tblk, inv, a, b, False, True, False)
-    if keep:
-        return _cap_loop(oblk, oblk, tblk, inv, a, b, False, False, True)
-    return _cap_loop(oblk, oblk, tblk, inv, a, b, False, False, False)
+def _cap_block_inplace(oblk, tblk, inv, a, b, tier, bounded):
+    """:func:`_cap_block` with ``oblk`` holding the logits."""
+    return _cap_block(oblk, oblk, tblk, inv, a, b, tier, bounded)
 
 
 @_loop
@@ -292,20 +313,21 @@ def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
     """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(z_c - m) (1 - ths[c]**2)``
     (``m`` on the base-2 grid of :func:`_capped_max`, ``z_c = _cap_scale ths[c]``); the float64 sum of the exponentials (blocks of :data:`_BLOCK` summed in the data's
     dtype), ``max(nxt)`` and ``max |nxt|`` (the next row's loads overlap this row's arithmetic). ``a_x``:
-    ``max |xs|`` when known (else inf): below ``_SMALL_TANH cap`` no block takes its own."""
+    ``max |xs|`` when known (else inf): below ``_SMALL_TANH cap`` no block takes its own, and below
+    ``_TINY_TANH cap`` the shorter tanh serves the row."""
     dt = os.dtype.type
     a = _base2(cap, os)
     b = dt(m * _LOG2E)
     inv = dt(1.0 / cap)
     bounded = _bounded(cap, os)
-    small = dt(a_x) * inv < _SMALL_TANH
+    tier = _tanh_tier(dt(a_x) * inv)
     s = 0.0
     best = _lowest_key(nxt)
     top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= xs.size
     for lo in range(0, xs.size, _BLOCK):
         n = min(_BLOCK, xs.size - lo)
-        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, small,
+        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier,
                              bounded)
         best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
     return s, _float_of_key(best), np.float64(_from_bits(top))
@@ -319,14 +341,14 @@ def _cap_exp_inplace(os, ths, m, cap, a_x, nxt):
     b = dt(m * _LOG2E)
     inv = dt(1.0 / cap)
     bounded = _bounded(cap, os)
-    small = dt(a_x) * inv < _SMALL_TANH
+    tier = _tanh_tier(dt(a_x) * inv)
     s = 0.0
     best = _lowest_key(nxt)
     top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= os.size
     for lo in range(0, os.size, _BLOCK):
         n = min(_BLOCK, os.size - lo)
-        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, small, bounded)
+        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier, bounded)
         best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
     return s, _float_of_key(best), np.float64(_from_bits(top))
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from ... import _jit
 from ..._math import (_EXP_BOUNDED_LO, _FEXP2_BOUNDED_LO, _LOG2E, _from_bits, exp, exp2f_bounded, exp_bounded, expf,
@@ -127,6 +129,34 @@ def _abs_max_impl(xs):
             best = max(best, np.int64(bits[c] & np.int64(0x7FFFFFFFFFFFFFFF)))
         return _from_bits(best)
     return impl64
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Ask the caches for the line holding ``arr[i]`` (LLVM ``llvm.prefetch``: a read, kept in every
+    level) without waiting for it: the next row streams in while this row computes (a load of it, as
+    softmax's next-row maximum, would stall the softcapped pass's longer arithmetic on memory)."""
+    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
+
+
+@_jit.device
+def _prefetch_span(xs, lo, hi):
+    """:func:`_prefetch` every cache line of ``xs[lo:hi]`` (64-byte lines)."""
+    step = 64 // xs.itemsize
+    for j in range(lo, min(hi, xs.size), step):
+        _prefetch(xs, j)
 
 
 def _abs_key(bits):
@@ -311,10 +341,10 @@ def _cap_block_inplace(oblk, tblk, inv, a, b, tier, bounded):
 @_loop
 def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
     """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(z_c - m) (1 - ths[c]**2)``
-    (``m`` on the base-2 grid of :func:`_capped_max`, ``z_c = _cap_scale ths[c]``); the float64 sum of the exponentials (blocks of :data:`_BLOCK` summed in the data's
-    dtype), ``max(nxt)`` and ``max |nxt|`` (the next row's loads overlap this row's arithmetic). ``a_x``:
-    ``max |xs|`` when known (else inf): below ``_SMALL_TANH cap`` no block takes its own, and below
-    ``_TINY_TANH cap`` the shorter tanh serves the row."""
+    (``m`` on the base-2 grid of :func:`_capped_max`, ``z_c = _cap_scale ths[c]``); the float64 sum of
+    the exponentials (blocks of :data:`_BLOCK` summed in the data's dtype). ``nxt`` (the next row, or
+    empty) is prefetched, block by block. ``a_x``: ``max |xs|`` (or inf): below ``_SMALL_TANH cap`` no
+    block takes its own, and below ``_TINY_TANH cap`` the shorter tanh serves the row."""
     dt = os.dtype.type
     a = _base2(cap, os)
     b = dt(m * _LOG2E)
@@ -322,15 +352,13 @@ def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
     bounded = _bounded(cap, os)
     tier = _tanh_tier(dt(a_x) * inv)
     s = 0.0
-    best = _lowest_key(nxt)
-    top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= xs.size
     for lo in range(0, xs.size, _BLOCK):
         n = min(_BLOCK, xs.size - lo)
+        _prefetch_span(nxt, lo, lo + n)
         s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier,
                              bounded)
-        best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
-    return s, _float_of_key(best), np.float64(_from_bits(top))
+    return s
 
 
 @_loop
@@ -343,26 +371,23 @@ def _cap_exp_inplace(os, ths, m, cap, a_x, nxt):
     bounded = _bounded(cap, os)
     tier = _tanh_tier(dt(a_x) * inv)
     s = 0.0
-    best = _lowest_key(nxt)
-    top = _int_view(nxt[:0]).dtype.type(0)
     keep = ths.size >= os.size
     for lo in range(0, os.size, _BLOCK):
         n = min(_BLOCK, os.size - lo)
+        _prefetch_span(nxt, lo, lo + n)
         s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier, bounded)
-        best, top = _key_max_abs(nxt[lo:lo + _BLOCK], best, top)
-    return s, _float_of_key(best), np.float64(_from_bits(top))
+    return s
 
 
 @_jit.device
 def _seg_exp(xs, os, ths, m, cap, a_x, nxt, inplace):
-    """``os = exp(z - m)``, its float64 sum, ``max(nxt)`` and (with a softcap) ``max |nxt|`` (``z = xs``);
+    """``os = exp(z - m)``, its float64 sum and ``max(nxt)`` (``z = xs``; the third value is unused);
     with a softcap (``cap > 0``) ``z = cap tanh(xs / cap)``, ``os = exp(z - m) (1 - tanh**2)`` and ``ths =
-    tanh(xs / cap)``, ``a_x`` is ``max |xs|`` or inf (see :func:`_cap_exp_into`). ``inplace``: ``os`` is
-    ``xs``."""
+    tanh(xs / cap)``, ``a_x`` is ``max |xs|`` or inf, and ``nxt`` is only prefetched (NaN for its maxima:
+    see :func:`_cap_exp_into`). ``inplace``: ``os`` is ``xs``."""
     if cap > 0.0:
-        if inplace:
-            return _cap_exp_inplace(os, ths, m, cap, a_x, nxt)
-        return _cap_exp_into(xs, os, ths, m, cap, a_x, nxt)
+        s = _cap_exp_inplace(os, ths, m, cap, a_x, nxt) if inplace else _cap_exp_into(xs, os, ths, m, cap, a_x, nxt)
+        return s, os.dtype.type(np.nan), np.nan
     s, mk = _row_exp(xs, os, os.dtype.type(m), nxt, inplace)
     return s, mk, np.inf
 
@@ -479,7 +504,8 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     ``linear_cross_entropy``): slice ``k`` is classes ``col0s[k]:`` of width ``widths[k]`` (see
     :func:`_seg`) of the flat ``src`` (the logits) and ``dst`` (``inplace``: the same array). Without a
     gradient ``dst`` is not written (a private row takes the exponentials). The bias is added in place
-    (only ``inplace``). Without a bias the next row's maximum is taken during this row's exp pass.
+    (only ``inplace``). Without a bias the next row's maximum is taken during this row's exp pass (with a
+    softcap the next row is only prefetched then, and its maxima taken from cache when it comes).
     """
     lo = c * n_rows // nchunks
     hi = (c + 1) * n_rows // nchunks
@@ -492,7 +518,7 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     private = np.empty(0 if with_grad else n_cls, dtype=dst.dtype)
     keep = cap > 0.0 and (prob or eps > 0.0)  # the tanh of the row are needed after its exp pass
     ths = np.empty(n_cls if keep else 0, dtype=dst.dtype)
-    ahead = not has_bias
+    ahead = not has_bias and cap == 0.0  # plain rows take the next row's maximum in their exp pass
     m_next, a_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else (0.0, np.inf)
     for i in range(lo, hi):
         ti = 0 if prob else t[i]
@@ -502,8 +528,10 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
             for k in range(n_slices):
                 _seg_add(_seg(dst, bases, widths, k, i), bias[col0s[k]:col0s[k] + widths[k]])
             m_x, a_x = _slices_max(dst, bases, widths, i)
-        else:
+        elif ahead:
             m_x, a_x = m_next, a_next
+        else:  # softcapped: the row's maxima from cache (the previous row's pass prefetched it)
+            m_x, a_x = _slices_max(src, bases, widths, i)
         if ignored and not with_grad:
             loss[i] = 0.0
             if nxt_ok:
@@ -547,7 +575,7 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
         for k in range(n_slices):
             xs = _seg(src, bases, widths, k, i)
             os = _seg(dst, bases, widths, k, i) if with_grad else private[col0s[k]:col0s[k] + widths[k]]
-            nxt = _seg(src, bases, widths, k, i + 1) if nxt_ok else xs[:0]
+            nxt = _seg(src, bases, widths, k, i + 1) if not has_bias and i + 1 < hi else xs[:0]
             sk, mk, ak = _seg_exp(xs, os, ths[col0s[k]:col0s[k] + widths[k]] if keep else ths, m, cap, a_x, nxt,
                                   inplace)
             total += sk

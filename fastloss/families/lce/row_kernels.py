@@ -296,15 +296,17 @@ def _cap_loop(blk, oblk, tblk, inv, a, b, tier, bounded, keep):
 
 @_jit.device
 def _cap_block(blk, oblk, tblk, inv, a, b, tier, bounded):
-    """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)``, ``tblk = tanh(blk inv)`` unless ``tblk`` is
-    empty; the sum of the exponentials in the data's dtype. ``tier``: the row's (:func:`_tanh_tier` of
-    its largest ``|x / cap|``), or ``_FULL`` when some element needs tanhf: then the block takes its own
-    ``max |blk|``. ``bounded``: ``a tanh - b`` lies in the bounded exponential's domain. Nine cases as
-    separate loops (a flag tested inside a loop would not vectorise); the shortest tanh only where it
-    pays, on the common path (no tanh kept, bounded)."""
-    keep = tblk.size > 0
+    """``oblk = 2**(a tanh(blk inv) - b) (1 - tanh**2)``; the sum of the exponentials in the data's dtype.
+    ``tier``: the row's (:func:`_tanh_tier` of its largest ``|x / cap|``), or ``_FULL`` when some element
+    needs tanhf: then the block takes its own ``max |blk|``. ``bounded``: ``a tanh - b`` lies in the
+    bounded exponential's domain.
+
+    ``tblk`` empty (only when ``bounded``): the common path, no tanh kept (three loops, one per tier).
+    Otherwise ``tblk = tanh(blk inv)`` (the row's kept tanh, or scratch), two loops for each kind of
+    exponential. Each case is its own loop (a flag tested inside a loop would not vectorise); the
+    shortest tanh only on the common path, since every loop costs compile time."""
     t = tier if tier != _FULL else _tanh_tier(_abs_max(blk) * inv)
-    if bounded and not keep:
+    if tblk.size == 0:
         if t == _TINY:
             return _cap_loop(blk, oblk, tblk, inv, a, b, _TINY, True, False)
         if t == _SMALL:
@@ -314,13 +316,9 @@ def _cap_block(blk, oblk, tblk, inv, a, b, tier, bounded):
         if t != _FULL:
             return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, True, True)
         return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, True, True)
-    if keep:
-        if t != _FULL:
-            return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, False, True)
-        return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, False, True)
     if t != _FULL:
-        return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, False, False)
-    return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, False, False)
+        return _cap_loop(blk, oblk, tblk, inv, a, b, _SMALL, False, True)
+    return _cap_loop(blk, oblk, tblk, inv, a, b, _FULL, False, True)
 
 
 # The block function is compiled twice, once reading the logits from another array and once in place:
@@ -338,9 +336,19 @@ def _cap_block_inplace(oblk, tblk, inv, a, b, tier, bounded):
     return _cap_block(oblk, oblk, tblk, inv, a, b, tier, bounded)
 
 
+@_jit.device
+def _block_tanh(ths, lo, n, keep, bounded):
+    """The ``tblk`` of :func:`_cap_block` for the block at ``lo`` of ``n`` elements: the kept row's slice,
+    empty on the common path (not kept, bounded), else ``n`` elements of scratch."""
+    if keep:
+        return ths[lo:lo + n]
+    return ths[:0] if bounded else ths[:n]
+
+
 @_loop
 def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
-    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` empty: not kept), ``os[c] = exp(z_c - m) (1 - ths[c]**2)``
+    """``ths[c] = tanh(xs[c] / cap)`` (``ths`` shorter than ``xs``: not kept; then one block of scratch
+    unless the softcap is within :func:`_bounded`), ``os[c] = exp(z_c - m) (1 - ths[c]**2)``
     (``m`` on the base-2 grid of :func:`_capped_max`, ``z_c = _cap_scale ths[c]``); the float64 sum of
     the exponentials (blocks of :data:`_BLOCK` summed in the data's dtype). ``nxt`` (the next row, or
     empty) is prefetched, block by block. ``a_x``: ``max |xs|`` (or inf): below ``_SMALL_TANH cap`` no
@@ -356,7 +364,7 @@ def _cap_exp_into(xs, os, ths, m, cap, a_x, nxt):
     for lo in range(0, xs.size, _BLOCK):
         n = min(_BLOCK, xs.size - lo)
         _prefetch_span(nxt, lo, lo + n)
-        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier,
+        s += _cap_block_into(xs[lo:lo + n], os[lo:lo + n], _block_tanh(ths, lo, n, keep, bounded), inv, a, b, tier,
                              bounded)
     return s
 
@@ -375,7 +383,7 @@ def _cap_exp_inplace(os, ths, m, cap, a_x, nxt):
     for lo in range(0, os.size, _BLOCK):
         n = min(_BLOCK, os.size - lo)
         _prefetch_span(nxt, lo, lo + n)
-        s += _cap_block_inplace(os[lo:lo + n], ths[lo:lo + n] if keep else ths[:0], inv, a, b, tier, bounded)
+        s += _cap_block_inplace(os[lo:lo + n], _block_tanh(ths, lo, n, keep, bounded), inv, a, b, tier, bounded)
     return s
 
 
@@ -517,7 +525,9 @@ def _rows(c, nchunks, src, dst, n_rows, bases, widths, col0s, inplace, bias, has
     inplace = inplace and with_grad
     private = np.empty(0 if with_grad else n_cls, dtype=dst.dtype)
     keep = cap > 0.0 and (prob or eps > 0.0)  # the tanh of the row are needed after its exp pass
-    ths = np.empty(n_cls if keep else 0, dtype=dst.dtype)
+    # the row's tanh when kept; else one block of scratch for the clamped exponential's loops (see _cap_block)
+    scratch = cap > 0.0 and not _bounded(cap, dst)
+    ths = np.empty(n_cls if keep else (_BLOCK if scratch else 0), dtype=dst.dtype)
     ahead = not has_bias and cap == 0.0  # plain rows take the next row's maximum in their exp pass
     m_next, a_next = _slices_max(src, bases, widths, lo) if ahead and lo < hi else (0.0, np.inf)
     for i in range(lo, hi):

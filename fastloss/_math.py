@@ -15,7 +15,13 @@ name        types            max error measured in a FASTMATH kernel (tests/test
 ``logf``    float32→float32  0.78 ulp over all positive floats, subnormals included
 ``log1pf``  float32→float32  0.81 ulp, relative to the result also near 0
 ``tanhf``   float32→float32  1.50 ulp (the quotient form above |x| = 0.625; 0.79 in the polynomial)
+``tanhf_tiny`` float32       0.77 ulp, for |x| < 0.4375 only (a shorter polynomial)
 ==========  ===============  ====================================================================
+
+``exp_bounded`` is ``exp`` for arguments a caller knows to lie in ``[-708, 709]``, where ``2**n`` is one
+normal float: it skips the clamps and the split scaling and returns the same bits there. ``exp2f_bounded``
+is ``2**y`` for float32 ``y`` in ``[-126, 127]`` (0.82 ulp measured). NaN in, NaN out; outside their
+domains, garbage.
 
 ``exp``, ``log`` and ``log1p`` widen float32 or integer arguments to float64 (as ``math`` does);
 ``expf``, ``logf``, ``log1pf`` and ``tanhf`` take float32 only.
@@ -179,6 +185,13 @@ _FEXP_Q1 = np.float32(0.16666576266288757)
 _FEXP_Q2 = np.float32(0.041666463017463684)
 _FEXP_Q3 = np.float32(0.008363197557628155)
 _FEXP_Q4 = np.float32(0.0013933676527813077)
+# exp2f_bounded: 2**f = 1 + f p(f) on |f| <= 1/2, degree-5 p (Chebyshev-economised, 0.09 ulp)
+_FEXP2_P0 = np.float32(0.6931471824645996)
+_FEXP2_P1 = np.float32(0.24022650718688965)
+_FEXP2_P2 = np.float32(0.055503569543361664)
+_FEXP2_P3 = np.float32(0.009618056938052177)
+_FEXP2_P4 = np.float32(0.0013390866806730628)
+_FEXP2_P5 = np.float32(0.00015461447765119374)
 _FSQRT_HALF_BITS = np.int32(0x3F3504F3)
 _FMANTISSA_BITS = np.int32(23)
 _FEXP_BIAS = np.int32(127)
@@ -200,6 +213,12 @@ _FTANH_Q2 = np.float32(-0.05385249853134155)
 _FTANH_Q3 = np.float32(0.021003641188144684)
 _FTANH_Q4 = np.float32(-0.006104947999119759)
 _FM2 = np.float32(-2.0)
+# tanhf_tiny: the same form for |x| < _FTANH_TINY = 7/16 with a degree-3 q on s in [0, 49/256] (0.77 ulp)
+_FTANH_TINY = np.float32(0.4375)
+_FTANH_T0 = np.float32(-0.33333325386047363)
+_FTANH_T1 = np.float32(0.13332007825374603)
+_FTANH_T2 = np.float32(-0.053615644574165344)
+_FTANH_T3 = np.float32(0.01881442405283451)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +262,36 @@ def exp(x):
     k_half = k >> 1
     # Two multiplications in this order: p * 2**k could overflow or underflow in an intermediate product.
     return _fmul(_fmul(p, _pow2(k_half)), _pow2(k - k_half))
+
+
+#: exp_bounded's domain: exp(x) for _EXP_BOUNDED_LO <= x <= _EXP_BOUNDED_HI needs n = round(x / ln2)
+#: within [-1022, 1023] only (2**n one normal float).
+_EXP_BOUNDED_LO = -708.0
+_EXP_BOUNDED_HI = 709.0
+_EXP_BIAS = 1023
+
+
+@device
+def exp_bounded(x):
+    """:func:`exp` of a float64 ``x`` in ``[-708, 709]`` (or NaN), the same bits, cheaper: no clamps, and
+    ``2**n`` applied as one factor built from ``t``'s low bits (``(bits(t) + 1023) << 52``: the high bits
+    of ``t`` shift out). Outside that range the result is meaningless: callers bound ``x`` (a softcapped
+    logit minus the row's maximum lies in ``[-2 cap, 0]``)."""
+    x = np.float64(x)
+    t = _fadd(_fmul(x, _LOG2E), _ROUND)
+    n = _fsub(t, _ROUND)
+    r = _fsub(_fsub(x, _fmul(n, _LN2_HI)), _fmul(n, _LN2_LO))
+    q = _EXP_Q8 + r * _EXP_Q9
+    q = _EXP_Q7 + r * q
+    q = _EXP_Q6 + r * q
+    q = _EXP_Q5 + r * q
+    q = _EXP_Q4 + r * q
+    q = _EXP_Q3 + r * q
+    q = _EXP_Q2 + r * q
+    q = _EXP_Q1 + r * q
+    q = _EXP_Q0 + r * q
+    p = _fadd(1.0, _fadd(r, (r * r) * q))
+    return _fmul(p, _from_bits((_bits(t) + _EXP_BIAS) << _MANTISSA_BITS))
 
 
 @device
@@ -338,6 +387,30 @@ def expf(x):
     return _fmul(_fmul(p, _pow2f(k_half)), _pow2f(np.int32(k - k_half)))
 
 
+#: exp2f_bounded's domain: 2**y for these y needs n = round(y) within [-126, 127] only (2**n one normal float)
+_FEXP2_BOUNDED_LO = -126.0
+_FEXP2_BOUNDED_HI = 127.0
+
+
+@device
+def exp2f_bounded(y):
+    """``2**y`` for a float32 ``y`` in ``[-126, 127]`` (or NaN), without branches (vectorises): ``n =
+    round(y)``, ``f = y - n`` in ``[-1/2, 1/2]`` (exact), ``2**f = 1 + f p(f)`` by Horner, times ``2**n``
+    built from ``t``'s low bits as in :func:`exp_bounded`. Outside that range the result is
+    meaningless. A caller that has its argument in base 2 already (``a x - b`` with ``log2(e)`` folded
+    into ``a`` and ``b``) saves :func:`expf`'s two-step reduction, its clamps and its split scaling."""
+    t = _fadd(y, _FROUND)
+    n = _fsub(t, _FROUND)
+    f = _fsub(y, n)
+    p = _FEXP2_P4 + f * _FEXP2_P5
+    p = _FEXP2_P3 + f * p
+    p = _FEXP2_P2 + f * p
+    p = _FEXP2_P1 + f * p
+    p = _FEXP2_P0 + f * p
+    p = _F1 + f * p
+    return _fmul(p, _from_bits(np.int32((_bits(t) + _FEXP_BIAS) << _FMANTISSA_BITS)))
+
+
 @device
 def _logf_reduced(u, k_shift, c):
     """log(u * 2**-k_shift) + c for a positive normal float32 u and a small float32 correction c (as
@@ -396,6 +469,17 @@ def tanhf_small(x):
     q = _FTANH_Q2 + s * q
     q = _FTANH_Q1 + s * q
     q = _FTANH_Q0 + s * q
+    return _fadd(x, x * (s * q))
+
+
+@device
+def tanhf_tiny(x):
+    """:func:`tanhf_small` for ``|x| < 0.4375`` only, one term shorter (degree-3 ``q``): for a caller that
+    knows a whole row of arguments is that small (softcapped logits well inside the cap)."""
+    s = x * x
+    q = _FTANH_T2 + s * _FTANH_T3
+    q = _FTANH_T1 + s * q
+    q = _FTANH_T0 + s * q
     return _fadd(x, x * (s * q))
 
 

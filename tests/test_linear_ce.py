@@ -43,6 +43,9 @@ OPTIONS = [
     dict(z_loss=0.05, softcap=2.0, label_smoothing=0.1),
     dict(z_loss=0.05, softcap=30.0, weight=True),
     dict(z_loss=0.1, weight=True, label_smoothing=0.2),
+    # beyond the bounded exponential's softcaps (43.6 float32, 354 float64): the clamped exponential
+    dict(softcap=50.0, weight=True),
+    dict(softcap=400.0, label_smoothing=0.1),
 ]
 
 
@@ -125,6 +128,38 @@ def test_defaults_are_todays_path_bit_for_bit(dtype):
         vg0 = fl.value_and_grad(fl.cross_entropy)(x, t, **kw)
         np.testing.assert_array_equal(vg[0], vg0[0])
         np.testing.assert_array_equal(vg[1], vg0[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [30.0, 50.0, 400.0])
+@pytest.mark.parametrize("in_place", [False, True], ids=["into-out", "in-place"])
+def test_softcap_of_infinite_and_nan_logits(dtype, cap, in_place):
+    """``+-inf`` logits softcap to ``+-cap`` (finite loss, zero gradient through the saturated tanh, as
+    torch's), a NaN logit turns its own row NaN and no other; softcaps on both sides of the bounded
+    exponential's limits, rows long enough for several blocks and both threads."""
+    rng = np.random.default_rng(3)
+    x = (6 * rng.standard_normal((6, 3 * lce.row_kernels._BLOCK + 5))).astype(dtype)
+    x[0, 7] = np.inf
+    x[1, 9], x[1, 10] = -np.inf, np.inf
+    x[2, 11] = np.nan
+    x[3] = -np.inf
+    x[4, 2000] = 1e30
+    t = np.array([7, 9, 11, 4, 2000, 1])
+    kw = dict(softcap=cap, z_loss=1e-3, reduction="none")
+    rv, (rg,) = lce.ref_cross_entropy(x.astype(np.float64), t, **kw)
+    buf = x.copy()
+    v, g = fl.value_and_grad(fl.cross_entropy)(buf, t, out=buf if in_place else None, **kw)
+    assert np.isnan(v[2]) and np.isnan(g[2]).all()
+    assert np.isfinite(np.delete(v, 2)).all() and np.isfinite(np.delete(g, 2, axis=0)).all()
+    assert g[0, 7] == 0 and g[1, 9] == 0 and g[1, 10] == 0 and g[3].sum() == pytest.approx(0, abs=1e-6)
+    assert_close(v, rv, dtype, "value")
+    assert_close(g, rg, dtype, "gradient")
+    if torch is not None:
+        tx = to_torch(x, requires_grad=True)
+        tv = lce.torch_cross_entropy(torch, tx, to_torch(t), **kw)
+        (tg,) = torch.autograd.grad(tv.sum(), [tx])
+        assert_close(v, tv.detach().numpy(), dtype, "value vs torch")
+        assert_close(g, tg.numpy(), dtype, "gradient vs torch")
 
 
 def test_cross_entropy_options_in_place_and_ignored_rows():
@@ -381,25 +416,50 @@ def test_inputs_are_not_modified_and_nan_propagates():
     assert np.isnan(g[0][2]).all() and np.isfinite(np.delete(g[0], 2, axis=0)).all()
 
 
+@pytest.mark.parametrize("cap", [6.0, 60.0])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("kind", ["index", "index-smooth", "prob"])
-def test_softcap_rows_of_several_blocks(kind, inplace):
+def test_softcap_rows_of_several_blocks(kind, inplace, cap):
     """Rows longer than the row kernels' float32 block, some blocks with every |x / cap| in tanh's
     polynomial range and some not, a partial last block: value and gradient (given in place or not)
-    against the float64 reference."""
+    against the float64 reference; a softcap within the bounded exponential's limit (43.6) and one
+    beyond it."""
     rng = np.random.default_rng(7)
     n, c = 5, 2 * lce.row_kernels._BLOCK + 77
     x = rng.standard_normal((n, c)).astype(np.float32)
-    x[:, 300] = 40.0  # |x / cap| > 0.625 in the first block only
-    x[1, -3] = -55.0
+    x[:, 300] = 40.0 * cap / 6.0  # |x / cap| > 0.625 in the first block only
+    x[1, -3] = -55.0 * cap / 6.0
     t = lce._prob_targets(rng, (n, c), np.float32) if kind == "prob" else np.array([300, 5, c - 3, 1500, 0])
-    kw = {"softcap": 6.0, "label_smoothing": 0.1 if kind != "index" else 0.0}
+    kw = {"softcap": cap, "label_smoothing": 0.1 if kind != "index" else 0.0}
     rv, (rg,) = lce.ref_cross_entropy(x.astype(np.float64), t.astype(np.float64) if kind == "prob" else t, **kw)
     xx = x.copy()
     v, g = fl.value_and_grad(fl.cross_entropy)(xx, t, out=xx if inplace else None, **kw)
     assert_close(v, rv, np.float32, "value")
     assert_close(g, rg, np.float32, "gradient")
     assert_close(fl.cross_entropy(x, t, **kw), rv, np.float32, "value alone")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["index", "index-smooth", "prob"])
+@pytest.mark.parametrize("top", [0.3, 0.5, 0.6, 0.9, 3.0])
+def test_softcap_tanh_tiers(top, kind, dtype):
+    """Rows whose largest |x / cap| is ``top``: below 0.4375 the rows take the shortest tanh, below
+    0.625 tanh's polynomial, above it each block decides (some blocks small, some not); value and
+    gradient against the float64 reference, the next rows' maxima taken in each pass."""
+    rng = np.random.default_rng(int(top * 10))
+    cap = 30.0
+    n, c = 7, 3 * lce.row_kernels._BLOCK + 11
+    x = rng.uniform(-1.0, 1.0, (n, c))
+    x *= top * cap / np.abs(x).max(axis=1, keepdims=True)
+    x = x.astype(dtype)
+    t = lce._prob_targets(rng, (n, c), dtype) if kind == "prob" else rng.integers(0, c, n)
+    kw = {"softcap": cap, "label_smoothing": 0.1 if kind != "index" else 0.0, "reduction": "none"}
+    rv, (rg,) = lce.ref_cross_entropy(x.astype(np.float64), t.astype(np.float64) if kind == "prob" else t, **kw)
+    for out in (None, "in-place"):
+        xx = x.copy()
+        v, g = fl.value_and_grad(fl.cross_entropy)(xx, t, out=xx if out else None, **kw)
+        assert_close(v, rv, dtype, f"value {out}")
+        assert_close(g, rg, dtype, f"gradient {out}")
 
 
 def test_softcap_block_loops_vectorise():
@@ -418,7 +478,7 @@ def test_softcap_block_loops_vectorise():
     for fn, args in ((R._cap_block_into, (blk, np.empty_like(blk), np.empty_like(blk))),
                      (R._cap_block_inplace, (blk.copy(), np.empty_like(blk)))):
         loop = numba.njit(**uncached)(fn.py_func)
-        loop(*args, f32(0.25), f32(4.0), f32(1.0))
+        loop(*args, f32(0.25), f32(4.0), f32(1.0), 0, True)
         ir = loop.inspect_llvm(loop.signatures[0])
         widths = {int(w) for w in re.findall(r"<(\d+) x float>", ir)}
         assert widths and max(widths) >= 4, f"{fn.__name__}: no float32 vectors"

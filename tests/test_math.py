@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     np.finfo(np.longdouble).nmant < 60, reason="needs an extended-precision np.longdouble reference"
 )
 
-MAX_ULP = 1.5  # measured: exp 1.05, expf 1.05, log 0.78, logf 0.78, log1p 0.83
+MAX_ULP = 1.5  # measured: exp 1.05, expf 1.05, log 0.78, logf 0.78, log1p 0.83, exp2f_bounded 0.82
 #: tanhf's quotient form rounds e, 1 - e, 1 + e and the quotient: measured 1.50 ulp (0.79 in the polynomial)
 MAX_ULP_OF = {"tanhf": 2.0}
 N = 200_000
@@ -70,6 +70,18 @@ def _tanhf_loop(x, out):
         out[i] = _math.tanhf(x[i])
 
 
+@_jit.kernel(parallel=False)
+def _tanhf_tiny_loop(x, out):
+    for i in range(x.size):
+        out[i] = _math.tanhf_tiny(x[i])
+
+
+@_jit.kernel(parallel=False)
+def _exp2f_bounded_loop(x, out):
+    for i in range(x.size):
+        out[i] = _math.exp2f_bounded(x[i])
+
+
 @_jit.kernel(parallel=True)
 def _exp_log_prange(x, out_exp, out_log):
     for i in prange(x.size):
@@ -78,13 +90,14 @@ def _exp_log_prange(x, out_exp, out_log):
 
 
 LOOPS = {"exp": _exp_loop, "log": _log_loop, "log1p": _log1p_loop, "expf": _expf_loop, "logf": _logf_loop,
-         "log1pf": _log1pf_loop, "tanhf": _tanhf_loop}
+         "log1pf": _log1pf_loop, "tanhf": _tanhf_loop, "exp2f_bounded": _exp2f_bounded_loop,
+         "tanhf_tiny": _tanhf_tiny_loop}
 REFERENCE = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "expf": np.exp, "logf": np.log,
-             "log1pf": np.log1p, "tanhf": np.tanh}
+             "log1pf": np.log1p, "tanhf": np.tanh, "exp2f_bounded": np.exp2, "tanhf_tiny": np.tanh}
 
 
 def dtype_of(name):
-    return np.float32 if name.endswith("f") else np.float64
+    return np.float32 if name.endswith("f") or name in ("exp2f_bounded", "tanhf_tiny") else np.float64
 
 
 def run(name, x):
@@ -134,6 +147,19 @@ REGIONS = {
         "near overflow": lambda rng: uniform(80.0, 88.72, np.float32, rng),
         "subnormal results": lambda rng: uniform(-103.9, -87.4, np.float32, rng),
         "beyond the ends": lambda rng: uniform(-120.0, 120.0, np.float32, rng),
+    },
+    "exp2f_bounded": {  # its domain only: outside it the result is meaningless by contract
+        "tiny": lambda rng: uniform(-1e-6, 1e-6, np.float32, rng),
+        "unit": lambda rng: uniform(-1.0, 1.0, np.float32, rng),
+        "domain": lambda rng: uniform(-126.0, 127.0, np.float32, rng),
+        "near the ends": lambda rng: np.concatenate([uniform(-126.0, -120.0, np.float32, rng),
+                                                     uniform(120.0, 127.0, np.float32, rng)]),
+    },
+    "tanhf_tiny": {  # its domain only
+        "tiny": lambda rng: uniform(-1e-6, 1e-6, np.float32, rng),
+        "domain": lambda rng: uniform(-0.4375, 0.4375, np.float32, rng),
+        "near the end": lambda rng: uniform(0.4, 0.4375, np.float32, rng),
+        "subnormal": lambda rng: uniform(-1.1754943508222875e-38, 1.1754943508222875e-38, np.float32, rng),
     },
     "log": {
         "all positive floats": lambda rng: positive_bit_patterns(np.float64, rng),
@@ -207,6 +233,8 @@ SPECIAL = {
              (1.0, 0.0)],
     "tanhf": [(0.0, 0.0), (INF, 1.0), (-INF, -1.0), (NAN, NAN), (10.0, 1.0), (-10.0, -1.0), (1e30, 1.0),
               (-1e30, -1.0), (1e-45, 1e-45), (-1e-45, -1e-45), (1e-20, 1e-20), (-2.0**-30, -2.0**-30)],
+    "exp2f_bounded": [(0.0, 1.0), (-0.0, 1.0), (NAN, NAN), (1.0, 2.0), (-1.0, 0.5), (-126.0, 2.0**-126),
+                      (127.0, 2.0**127), (3.0, 8.0), (-100.0, 2.0**-100)],
 }
 
 
@@ -352,6 +380,12 @@ def log_taylor_p(terms):
     return [Fraction(2, 2 * k + 3) for k in range(terms)]
 
 
+def exp2_taylor_p(terms):
+    """Taylor coefficients of (2**f - 1) / f: ln2**(k+1) / (k+1)!."""
+    ln2 = sum(Fraction(1, k * 2**k) for k in range(1, 200))  # ln 2 to 2**-200
+    return [ln2 ** (k + 1) / math.factorial(k + 1) for k in range(terms)]
+
+
 def tanh_taylor_q(terms):
     """Taylor coefficients in s = x**2 of (tanh(x) / x - 1) / s: tanh x = sum_n 2**2n (2**2n - 1) B_2n
     x**(2n-1) / (2n)! with the Bernoulli numbers B (converges for s < pi**2 / 4)."""
@@ -370,9 +404,11 @@ Z_MAX = Fraction(0.0295)
     [
         ("_EXP_Q", 10, exp_taylor_q(25), -HALF_LN2, HALF_LN2, np.float64),
         ("_FEXP_Q", 5, exp_taylor_q(16), -HALF_LN2, HALF_LN2, np.float32),
+        ("_FEXP2_P", 6, exp2_taylor_p(20), Fraction(-1, 2), Fraction(1, 2), np.float32),
         ("_LOG_P", 7, log_taylor_p(30), Fraction(0), Z_MAX, np.float64),
         ("_FLOG_P", 3, log_taylor_p(30), Fraction(0), Z_MAX, np.float32),
         ("_FTANH_Q", 5, tanh_taylor_q(40), Fraction(0), Fraction(25, 64), np.float32),
+        ("_FTANH_T", 4, tanh_taylor_q(40), Fraction(0), Fraction(49, 256), np.float32),
     ],
 )
 def test_polynomial_coefficients(prefix, count, taylor, lo, hi, dtype):
@@ -390,3 +426,25 @@ def test_ln2_split_is_exact_enough():
     fhi = Fraction(float(_math._FLN2_HI))
     assert abs(ln2 - fhi - Fraction(float(_math._FLN2_LO))) < Fraction(1, 2**40)
     assert (fhi * 2**16).denominator == 1  # 16 bits: n * _FLN2_HI exact for |n| < 2**8
+
+
+# --------------------------------------------------------------------------------------------------
+# The bounded exponential: the same bits as exp over its whole domain, NaN propagated
+# --------------------------------------------------------------------------------------------------
+@_jit.kernel(parallel=False)
+def _exp_pair_loop(x, full, bounded):
+    for i in range(x.size):
+        full[i] = _math.exp(x[i])
+        bounded[i] = _math.exp_bounded(x[i])
+
+
+def test_bounded_exp_is_exp_on_its_domain():
+    lo, hi = _math._EXP_BOUNDED_LO, _math._EXP_BOUNDED_HI
+    rng = np.random.default_rng(5)
+    ends = [lo, hi, np.nextafter(lo, 0.0), np.nextafter(hi, 0.0), 0.0, -0.0, np.nan, -np.log(2) / 2, np.log(2) / 2]
+    x = np.concatenate([uniform(lo, hi, np.float64, rng), np.linspace(lo, hi, N), ends])
+    full, bounded = np.empty_like(x), np.empty_like(x)
+    _exp_pair_loop(x, full, bounded)
+    np.testing.assert_array_equal(bounded, full)  # NaN where NaN
+    assert np.isnan(bounded[np.isnan(x)]).all()
+    assert np.nanmin(bounded) > 0  # no result flushed: the domain keeps 2**n normal

@@ -39,10 +39,13 @@ Serial ``nogil`` Numba kernels over a run of rows (:func:`.row_kernels._rows`), 
 :func:`fastloss._jit.run_chunks` (no ``prange``), built on the softmax family's row primitives. Per row, one
 pass from memory: ``exp(z - m)`` written into the gradient buffer (with a softcap, times ``1 - tanh(x / s)**2``,
 the softcap's derivative, with ``tanh(x / s)`` kept in a private row only for probability targets or label
-smoothing), while the next row's maximum is taken; the gradient pass then rescales them from L2. The max of
-the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32 data is computed in float32 (``expf``,
-``tanhf``; exponentials summed in float32 over blocks of :data:`.row_kernels._BLOCK` elements, each
-block then added in float64); all other sums are float64.
+smoothing), while the next row's maximum is taken (with a softcap the next row is only prefetched, and its
+maximum taken from cache when it comes: its longer arithmetic must not wait on those loads); the gradient pass
+then rescales them from L2. The max of the softcapped row is ``s tanh(max x / s)`` (tanh increases). float32
+data is computed in float32 (``expf``, ``tanhf``; with a softcap ``exp(z - m)`` is ``2**(a tanh - b)``, ``a``
+and ``b`` the softcap and the maximum times ``log2(e)``, by ``exp2f_bounded`` when the softcap bounds the
+argument, and rows well inside the cap take ``tanhf_tiny``; exponentials summed in float32 over blocks of
+:data:`.row_kernels._BLOCK` elements, each block then added in float64); all other sums are float64.
 
 ``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and

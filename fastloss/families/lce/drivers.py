@@ -9,6 +9,7 @@ import numpy as np
 
 from ... import _jit
 from ..._dispatch import scalar_result
+from ..softmax.drivers import _n_chunks
 from .row_kernels import _rows
 
 #: Rows of fewer elements than this in all run on the calling thread.
@@ -101,10 +102,12 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
                 src = rows.copy()
     if n_rows and n_cls:
         whole = np.zeros(1, dtype=np.int64)  # one slice per row: the whole row
-        _run_chunks(_rows, n_rows, n_cls, _readonly(src).reshape(-1), z.reshape(-1), n_rows, whole,
-                    np.full(1, n_cls, dtype=np.int64), whole, not copy, tg.w, False, float(softcap or 0.0), tg.prob,
-                    tg.t, tg.q, tg.w, tg.wsum, tg.ignore_index, float(label_smoothing), float(z_loss), coef,
-                    grad is not None, loss)
+        # chunks as plain cross entropy's (up to softmax.MAX_CHUNKS, whatever the thread count): a thread
+        # descheduled on a busy machine delays one small chunk, not half the call
+        _jit.run_chunks(_rows, _n_chunks(n_rows * n_cls, n_rows), _readonly(src).reshape(-1), z.reshape(-1), n_rows,
+                        whole, np.full(1, n_cls, dtype=np.int64), whole, not copy, tg.w, False, float(softcap or 0.0),
+                        tg.prob, tg.t, tg.q, tg.w, tg.wsum, tg.ignore_index, float(label_smoothing), float(z_loss),
+                        coef, grad is not None, loss)
     elif grad is not None:
         z[...] = 0
     value = _reduce(loss, reduction, tg.denominator, x.dtype, loss_shape)

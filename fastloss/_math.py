@@ -233,18 +233,9 @@ def _pow2(n):
 
 
 @device
-def exp(x):
-    """e ** x for float64 x, without branches (vectorises).
-
-    Reduction: n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2] (two-step Cody-Waite, exact first
-    step), exp(r) = 1 + r + r**2 q(r), result exp(r) * 2**n. 2**n is applied as two normal factors
-    2**(n//2) and 2**(n - n//2), so results near overflow are finite and results below 2**-1022 are
-    subnormals rounded once from exp(r) (not flushed to 0); x < -745.13 gives 0, x > 709.78 gives inf.
-    """
-    x = np.float64(x)  # float32 / integer arguments are widened, as math.exp does
-    # Clamp with selects (nan fails both tests and passes through); the clamped ends still give 0 / inf.
-    x = _EXP_MAX if x > _EXP_MAX else x
-    x = _EXP_MIN if x < _EXP_MIN else x
+def _exp_reduced(x):
+    """``(exp(r), t)`` for float64 ``x = n ln2 + r`` (|r| <= ln2 / 2, ``t = x log2(e) + 1.5 * 2**52`` whose
+    low bits hold ``n``): the reduction and polynomial :func:`exp` and :func:`exp_bounded` share."""
     t = _fadd(_fmul(x, _LOG2E), _ROUND)
     n = _fsub(t, _ROUND)
     r = _fsub(_fsub(x, _fmul(n, _LN2_HI)), _fmul(n, _LN2_LO))
@@ -258,6 +249,23 @@ def exp(x):
     q = _EXP_Q1 + r * q
     q = _EXP_Q0 + r * q
     p = _fadd(1.0, _fadd(r, (r * r) * q))
+    return p, t
+
+
+@device
+def exp(x):
+    """e ** x for float64 x, without branches (vectorises).
+
+    Reduction: n = round(x / ln2), r = x - n*ln2 in [-ln2/2, ln2/2] (two-step Cody-Waite, exact first
+    step), exp(r) = 1 + r + r**2 q(r), result exp(r) * 2**n. 2**n is applied as two normal factors
+    2**(n//2) and 2**(n - n//2), so results near overflow are finite and results below 2**-1022 are
+    subnormals rounded once from exp(r) (not flushed to 0); x < -745.13 gives 0, x > 709.78 gives inf.
+    """
+    x = np.float64(x)  # float32 / integer arguments are widened, as math.exp does
+    # Clamp with selects (nan fails both tests and passes through); the clamped ends still give 0 / inf.
+    x = _EXP_MAX if x > _EXP_MAX else x
+    x = _EXP_MIN if x < _EXP_MIN else x
+    p, t = _exp_reduced(x)
     k = _bits(t) - _ROUND_BITS
     k_half = k >> 1
     # Two multiplications in this order: p * 2**k could overflow or underflow in an intermediate product.
@@ -278,19 +286,7 @@ def exp_bounded(x):
     of ``t`` shift out). Outside that range the result is meaningless: callers bound ``x`` (a softcapped
     logit minus the row's maximum lies in ``[-2 cap, 0]``)."""
     x = np.float64(x)
-    t = _fadd(_fmul(x, _LOG2E), _ROUND)
-    n = _fsub(t, _ROUND)
-    r = _fsub(_fsub(x, _fmul(n, _LN2_HI)), _fmul(n, _LN2_LO))
-    q = _EXP_Q8 + r * _EXP_Q9
-    q = _EXP_Q7 + r * q
-    q = _EXP_Q6 + r * q
-    q = _EXP_Q5 + r * q
-    q = _EXP_Q4 + r * q
-    q = _EXP_Q3 + r * q
-    q = _EXP_Q2 + r * q
-    q = _EXP_Q1 + r * q
-    q = _EXP_Q0 + r * q
-    p = _fadd(1.0, _fadd(r, (r * r) * q))
+    p, t = _exp_reduced(x)
     return _fmul(p, _from_bits((_bits(t) + _EXP_BIAS) << _MANTISSA_BITS))
 
 

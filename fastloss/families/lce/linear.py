@@ -29,13 +29,12 @@ SMALL_LOGITS = 1 << 20
 MIN_CHUNK_ROWS = 64
 
 
-def _row_chunk(n_rows, n_cls, chunk_size, n_hid=0, n_slices=1):
-    """Rows of a chunk of whole rows: at most ``chunk_size`` logits (at least one row); by default
-    :data:`CHUNK_FRACTION` of the logits, counting a row of each of the ``n_slices`` partials of
-    ``d input`` (``n_hid`` wide) beside the row of logits."""
+def _row_chunk(n_rows, n_cls, chunk_size):
+    """Rows of a chunk of whole rows (the GPU's, and an explicit ``chunk_size``'s on the CPU): at most
+    ``chunk_size`` logits (at least one row); by default :data:`CHUNK_FRACTION` of the logits, at
+    least :data:`MIN_CHUNK_ROWS` rows."""
     if chunk_size is None:
-        per_row = n_cls + (n_slices * n_hid if n_slices > 1 else 0)
-        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(CHUNK_FRACTION * n_rows * n_cls / max(per_row, 1)))
+        rows = max(min(n_rows, MIN_CHUNK_ROWS), int(CHUNK_FRACTION * n_rows))
         return max(1, min(rows, n_rows))
     return max(1, min(n_rows, chunk_size // max(n_cls, 1)))
 
@@ -93,11 +92,6 @@ def _gemm(c, a, b, beta):
     step = max(1, (1 << 20) // max(c.shape[1], 1))  # pragma: no cover
     for lo in range(0, c.shape[0], step):  # pragma: no cover
         c[lo:lo + step] += a[lo:lo + step] @ b
-
-
-def _gemm_acc(c, a, b):
-    """``c += a @ b`` (:func:`_gemm` with ``beta = 1``)."""
-    _gemm(c, a, b, 1.0)
 
 
 def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size, grad):
@@ -223,7 +217,7 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
             dx2, dW, db = grads
 
             def backward(k):
-                _gemm_acc(dW[cls[k]], segs[k].T, xc)
+                _gemm(dW[cls[k]], segs[k].T, xc, 1.0)
                 np.matmul(segs[k], Wc[cls[k]], out=partial[k, :n])
                 if db is not None:
                     db[cls[k]] += np.add.reduce(segs[k], axis=0, dtype=np.float64)

@@ -13,20 +13,15 @@ of its checks), and also when a class index is out of range: the general path th
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..._dispatch import scalar_result
 from .ce_kernels import _ce_index_small, _nll_small
-from .drivers import _NO_ROWS, MIN_CHUNK, _empty, _ones
+from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones, _reduce
 
 _NDARRAY = np.ndarray
 # NumPy's dtypes of native byte order are singletons: identity is the cheapest test (another
 # byte order is another object, and takes the general path)
 _INTP, _F32, _F64 = np.dtype(np.intp), np.dtype(np.float32), np.dtype(np.float64)
-#: the empty weight that means "weights of 1" to :func:`.ce_kernels._nll_small`
-_NO_WEIGHT = np.empty(0)
 
 
 def _plain(args, kwargs, grad, rows_only=False):
@@ -58,9 +53,8 @@ def _plain(args, kwargs, grad, rows_only=False):
 
 
 def _result(total, den, mean, dtype):
-    if mean:
-        return scalar_result(total / den if den != 0 else math.nan, dtype)
-    return scalar_result(total, dtype)
+    """The reduced value, as the general path's :func:`.drivers._reduce` forms it."""
+    return _reduce(_NO_ROWS, total, "mean" if mean else "sum", den, dtype, ())
 
 
 def cross_entropy_fast(args, kwargs, grad):

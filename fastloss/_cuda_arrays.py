@@ -42,6 +42,32 @@ MAX_BLOCKS = 3 if SIMULATOR else 1024
 MAX_NDIM = 6
 
 
+#: Every kernel made by :func:`jit_kernel` in this process, for the test that their on-disk cache
+#: entries cannot collide (``tests/test_cuda_cache.py``).
+KERNELS: list = []
+
+
+def jit_kernel(fn=None, **options):
+    """``cuda.jit`` for a fastloss kernel (a decorator, with or without options), cached on disk.
+
+    On real GPUs the compiled kernel is kept in Numba's on-disk cache (``cache=True``, next to the
+    source as the CPU kernels' are), so a fresh process loads it instead of compiling (issue 9: a first
+    call within 1 s with the cache warm). The simulator compiles nothing and caches nothing.
+
+    A cache entry is found by the kernel's module and ``__qualname__`` and checked against its bytecode
+    and closure, *not* against its globals: kernels built from one template with different bound
+    globals (``pointwise_cuda``'s specialisations) must each carry a name of their own, or one would
+    load another's code. :data:`KERNELS` lets a test check that.
+    """
+    if fn is None:
+        return functools.partial(jit_kernel, **options)
+    if not SIMULATOR:
+        options.setdefault("cache", True)
+    made = cuda.jit(fn, **options)
+    KERNELS.append(made)
+    return made
+
+
 # --------------------------------------------------------------------------------------------------
 # Which library, which device
 # --------------------------------------------------------------------------------------------------
@@ -436,7 +462,7 @@ def block_reductions(namespace):
 block_sum, block_max = block_reductions(globals())
 
 
-@cuda.jit
+@jit_kernel
 def _finish_sum_kernel(partials, n_parts, factor, den, den_buf, use_den_buf, root, out):
     """``out[0] = factor * sum(partials[:n_parts]) / d`` with ``d = den_buf[0]`` if ``use_den_buf``
     else ``den``; its square root when ``root``.
@@ -478,7 +504,7 @@ def result_buffer(like, dtype=None):
 # --------------------------------------------------------------------------------------------------
 # Element-wise helper kernels
 # --------------------------------------------------------------------------------------------------
-@cuda.jit
+@jit_kernel
 def _cast_kernel(src, dst):
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]
@@ -508,13 +534,13 @@ def _strided_get(src, i):
                (i // (n4 * n5)) % n3, (i // n5) % n4, i % n5]
 
 
-@cuda.jit
+@jit_kernel
 def _copy_kernel(src, dst):
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] = _strided_get(src, i)
 
 
-@cuda.jit
+@jit_kernel
 def _range_kernel(src, parts):
     """Per-block (min, max) of a flat array's non-NaN values into ``parts[0, b]``, ``parts[1, b]``
     (float64), and their count into ``parts[2, b]``."""

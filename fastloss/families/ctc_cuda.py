@@ -62,7 +62,7 @@ def may_skip(labels, off, s):
     return s % 2 == 1 and s >= 3 and labels[off + s // 2] != labels[off + s // 2 - 1]
 
 
-@cuda.jit
+@D.jit_kernel
 def _ctc_blocks(lp, labels, offsets, il, tl, blank, zero_inf, want_grad, mean, reduce,
                 alpha, beta, post, xrow, link, parts, loss_out, gs, gv, gstep, grad):
     """Sequence ``blockIdx.x``: its raw loss into ``parts`` (divided by its clamped target length for

@@ -179,7 +179,7 @@ def _make_rows(ft, name):
             cuda.syncthreads()  # every thread is done with row r (and buf) before the next row
 
     rows.__name__ = rows.__qualname__ = name
-    return cuda.jit(rows)
+    return D.jit_kernel(rows)
 
 
 # compiled on their first launch
@@ -192,7 +192,7 @@ def rows_kernel(dtype):
     return _rows_float32 if np.dtype(dtype) == np.float32 else _rows_float64
 
 
-@cuda.jit
+@D.jit_kernel
 def _target_weights(t, w, has_w, ignore, parts):
     """Per-block partial sums of ``w[t_r]`` over non-ignored targets (the ``'mean'`` denominator)."""
     buf = cuda.shared.array(RBUF, float64)
@@ -300,7 +300,7 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, z_loss, sof
 # --------------------------------------------------------------------------------------------------
 # linear_cross_entropy
 # --------------------------------------------------------------------------------------------------
-@cuda.jit
+@D.jit_kernel
 def _product(a, b, c, M, N, Kd, a_t, b_t, beta):
     """``c (M, N) = beta * c + op(a) @ op(b)`` on flat C-ordered arrays, ``op`` a transpose when
     ``a_t``/``b_t``; one output per thread (grid-stride), float64 accumulation. For Numba device
@@ -339,13 +339,13 @@ def _matmul(a, b, c, a_t=False, b_t=False, accumulate=False):
                  D.reshape(c, (size,)), int(M), int(N), int(Kd), bool(a_t), bool(b_t), 1.0 if accumulate else 0.0)
 
 
-@cuda.jit
+@D.jit_kernel
 def _zero(a):
     for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[i] = 0
 
 
-@cuda.jit
+@D.jit_kernel
 def _column_sums(g, R, V, acc):
     """``acc[c] += sum_r g[r, c]`` (float64) for a flat ``(R, V)`` chunk of gradients."""
     for c in range(cuda.grid(1), V, cuda.gridsize(1)):
@@ -417,7 +417,7 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
     return value, ((dx, dW, db) if has_bias else (dx, dW))
 
 
-@cuda.jit
+@D.jit_kernel
 def _copy(src, dst):
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]

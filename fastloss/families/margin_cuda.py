@@ -58,7 +58,7 @@ def block_threads(C: int) -> int:
 # --------------------------------------------------------------------------------------------------
 # multi_margin_loss
 # --------------------------------------------------------------------------------------------------
-@cuda.jit
+@D.jit_kernel
 def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_out, parts,
                        with_grad, gs, gv, gstep, inv_den, gx):
     """``w_y / C * sum_{i != y} h(margin - x_y + x_i)`` per row (``loss_out[r]``, or the block's partial
@@ -112,7 +112,7 @@ def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_ou
 # --------------------------------------------------------------------------------------------------
 # multilabel_margin_loss
 # --------------------------------------------------------------------------------------------------
-@cuda.jit
+@D.jit_kernel
 def _multilabel_rows(x, R, C, t, mark, reduce, loss_out, parts, with_grad, gs, gv, gstep, inv_den, gx):
     """``1 / C * sum_{j listed} sum_{i not listed} h(1 - x_{t_j} + x_i)`` per row, a block per row
     (see the module docstring); ``mark``: int32 scratch of ``R * C``; ``gx`` must not be ``x``."""

@@ -69,7 +69,7 @@ def element_loss_grad(kind, x1, x2, y, margin, g, zero):
     return loss, d, zero
 
 
-@cuda.jit
+@D.jit_kernel
 def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep, g1, g2, parts):
     """Value and gradients of an element-wise loss in the data's precision; the block's float64 loss
     sum into ``parts``."""
@@ -92,7 +92,7 @@ def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, 
     leave_partial(buf, acc, parts)
 
 
-@cuda.jit
+@D.jit_kernel
 def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep,
                  g1, g2, parts):
     """Cosine embedding loss, ``G`` lanes per row of ``width`` values (flat C-order inputs).

@@ -177,7 +177,7 @@ def norm_grad1(u, norm, k, kind, p):
     return 0.0
 
 
-@cuda.jit
+@D.jit_kernel
 def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
                   reduce, loss_out, want_grad, inv_den, gs, gv, gstep, ga, gp, gn, parts):
     """Triplet margin loss, ``G`` lanes per row (flat C-order inputs of ``rows * width`` values).

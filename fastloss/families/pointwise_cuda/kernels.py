@@ -111,7 +111,7 @@ def _kernel(template, name, **bindings):
     # kernel's globals for the launch, and a block_sum reading another namespace's ``cuda`` races
     # (see _cuda_arrays.block_reductions).
     fn.__globals__["block_sum"] = D.block_reductions(fn.__globals__)[0]
-    kernel = cuda.jit(fn)
+    kernel = D.jit_kernel(fn)
     kernel._fastloss_locator = {"function": [__name__, name]}
     return kernel
 
@@ -254,7 +254,7 @@ _broadcast_f64 = _kernel(_broadcast, "_broadcast_f64", point=point64)
 _broadcast_f32 = _kernel(_broadcast, "_broadcast_f32", point=point32)
 
 
-@cuda.jit
+@D.jit_kernel
 def _sum_middle_axis(src, n_mid, n_inner, scale, out):
     """``out[a, b] = scale * sum_k src[a, k, b]`` for the flat C-contiguous ``src`` of shape
     ``(n_outer, n_mid, n_inner)``, summed in float64: one thread per output element."""
@@ -272,7 +272,7 @@ def _sum_middle_axis(src, n_mid, n_inner, scale, out):
         j += stride
 
 
-@cuda.jit
+@D.jit_kernel
 def _sum_pass(x, parts):
     """Per-block float64 sums of the flat array ``x`` (the denominator sum(weight) of a weighted mean)."""
     buf = cuda.shared.array(TPB, float64)

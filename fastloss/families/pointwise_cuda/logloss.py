@@ -24,7 +24,7 @@ def clipped(v, eps):
     return v, True
 
 
-@cuda.jit
+@D.jit_kernel
 def _log_loss_rows(p, k, binary, cls, s, has_s, eps, want_grad, gs, gv, gstep, den_buf, den_mode, gout, parts):
     """``-s_r log(clip(P[r, y_r]))`` per row, P = ``p`` as ``(n, k)`` or, ``binary``, ``(1 - p, p)``.
 

@@ -7,13 +7,14 @@ import math
 from numba import cuda, float64, int64, uint64
 
 from ... import _cuda_rows as _rows
+from ..._cuda_arrays import jit_kernel
 from .rows import _ROW_JIT, BUF, CACHE, INDEX_TARGET, load_row, online_add, row_base, row_scale, \
     tail_share, cached_exp_sum, target_weight
 
 _rows.install(globals())  # group_sum, block_sum, row_slots, row_sum, row_max, leave_partial, cast, WARP
 
 
-@cuda.jit
+@jit_kernel
 def _target_weight_sum(t, w, has_w, ignore, parts):
     """Per-block sums of ``w[t_r]`` over non-ignored targets (the mean's denominator): with one
     block, ``parts[0]`` is the denominator itself."""
@@ -37,7 +38,7 @@ def class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c):
     return a
 
 
-@cuda.jit(**_ROW_JIT)
+@jit_kernel(**_ROW_JIT)
 def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts,
              with_grad, gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
     """Cross entropy per row: its loss into ``loss_out[r]`` (``reduce`` false) or the block's partial

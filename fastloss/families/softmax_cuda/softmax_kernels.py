@@ -7,6 +7,7 @@ import math
 from numba import cuda, float64, int64, uint64
 
 from ... import _cuda_rows as _rows
+from ..._cuda_arrays import jit_kernel
 from ..._cuda_arrays import incoming_at
 from .rows import _ROW_JIT, BUF, CACHE, cached_exp_sum, load_row, row_base, row_scale, tail_pass, tail_share, \
     target_weight
@@ -30,7 +31,7 @@ def out_and_vjp(v, log, M, log_s, inv_s, y, i, with_grad, gs, gv, gstep, sg, gx)
             gx[i] = float64(p) * (incoming_at(gs, gv, gstep, i) - sg)
 
 
-@cuda.jit(**_ROW_JIT)
+@jit_kernel(**_ROW_JIT)
 def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
     """``y = (log_)softmax(x)`` per row and, with ``with_grad``, ``gx`` = its VJP with the incoming
     ``g`` (``g - p sum(g)`` for log_softmax, ``p (g - sum(g p))`` for softmax).
@@ -78,7 +79,7 @@ def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
                 i += stride
 
 
-@cuda.jit
+@jit_kernel
 def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts):
     """NLL value, one thread per row: ``-w[t_r] x[r, t_r]`` (0 where ignored); one read per row."""
     buf = cuda.shared.array(BUF, float64)
@@ -96,7 +97,7 @@ def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts):
     leave_partial(buf, acc, parts)
 
 
-@cuda.jit
+@jit_kernel
 def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
                gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
     """NLL value and gradient over *lines* of ``J`` contiguous elements (coalesced writes of the whole,

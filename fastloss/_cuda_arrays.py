@@ -24,6 +24,7 @@ import json
 import math
 import os
 import types
+import warnings
 
 import numpy as np
 
@@ -260,12 +261,60 @@ def stream_for(like):
     return stream
 
 
-def _kernel_arg(a):
+def _wrap_cai(a):
     # Numba would synchronise the host on the stream a CuPy array exports; the kernel runs on that
     # very stream, so the wrap skips it (sync=False) and the launch stays asynchronous.
-    if is_cupy(a):
-        return cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
-    return a
+    return cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+
+
+def _strided_memory_view():
+    """cuda.core's ``StridedMemoryView`` where numba-cuda launches kernels with it, else ``None``."""
+    try:
+        from numba.cuda.cudadrv.devicearray import StridedMemoryView
+    except ImportError:
+        return None
+    return StridedMemoryView
+
+
+#: How CuPy arrays are handed to kernels. numba-cuda 0.30 takes a cuda.core ``StridedMemoryView`` as
+#: it is (typed from its dtype, rank and layout, its pointer read at launch): made from CuPy's DLPack
+#: export with ``stream_ptr=-1`` (no stream ordering: the kernel runs on the array's own, CuPy's current,
+#: stream) it costs one small Cython call per array. The other way, a ``DeviceNDArray`` built from the
+#: ``__cuda_array_interface__`` dict (a context lookup, a stream object and an array header in Python
+#: per array and launch), is the fallback: for non-contiguous views, which numba types only when
+#: contiguous, and for good once a launch has failed with views and then worked with it.
+_SMV = None if SIMULATOR else _strided_memory_view()
+
+
+def _kernel_arg(a):
+    if not is_cupy(a):
+        return a
+    if _SMV is not None and a.flags.c_contiguous:
+        return _SMV.from_dlpack(a, stream_ptr=-1)
+    return _wrap_cai(a)
+
+
+#: Configured launches (``kernel[blocks, threads, stream]``) by (kernel, blocks, threads, stream), on
+#: real GPUs: made once, with numba-cuda's warning about grids under 128 blocks silenced (a loss's
+#: final reduction is one block by design); cleared when it grows past _MAX_CONFIGURED entries.
+_CONFIGURED: dict = {}
+_MAX_CONFIGURED = 4096
+
+
+def _configured(kernel, blocks, threads, stream):
+    if SIMULATOR:  # the simulator's kernel[...] configures the kernel object itself: nothing to keep
+        return kernel[blocks, threads, stream]
+    key = (kernel, blocks, threads, stream)
+    made = _CONFIGURED.get(key)
+    if made is None:
+        if len(_CONFIGURED) >= _MAX_CONFIGURED:
+            _CONFIGURED.clear()
+        from numba.cuda.core.errors import NumbaPerformanceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=NumbaPerformanceWarning)
+            made = _CONFIGURED[key] = kernel[blocks, threads, stream]
+    return made
 
 
 def launch(kernel, blocks: int, like, *args, threads: int = TPB):
@@ -274,10 +323,20 @@ def launch(kernel, blocks: int, like, *args, threads: int = TPB):
     The one launch point of every fastloss kernel: with ``FASTLOSS_RECORD_LAUNCHES`` set, it also
     records the kernel and its argument types (see :func:`_record_launch`).
     """
-    args = [_kernel_arg(a) for a in args]
+    global _SMV
     if _RECORD_PATH is not None:
         _record_launch(kernel, args)
-    kernel[int(blocks), int(threads), stream_for(like)](*args)
+    configured = _configured(kernel, int(blocks), int(threads), stream_for(like))
+    try:
+        configured(*[_kernel_arg(a) for a in args])
+    except Exception:
+        if _SMV is None or not any(is_cupy(a) for a in args):
+            raise
+        configured(*[_wrap_cai(a) if is_cupy(a) else a for a in args])  # raises if the views were not the cause
+        _SMV = None
+        warnings.warn("fastloss: numba-cuda did not launch with cuda.core StridedMemoryView arguments; CuPy "
+                      "arrays are passed as DeviceNDArray wrappers from now on (slower launches)",
+                      RuntimeWarning, stacklevel=2)
 
 
 def kernel_factory(make):

@@ -125,3 +125,34 @@ def test_import_pulls_in_neither_cuda_nor_cupy():
     code = "import sys, fastloss; bad = [m for m in ('numba.cuda', 'cupy') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cupy_range_checks_wait_for_the_gpu_once(monkeypatch):
+    """CuPy targets' (min, max) come back in one device-to-host copy (one host sync per check, not two).
+
+    A stand-in ``cupy`` module counts the copies: its arrays are NumPy arrays whose class claims CuPy."""
+    import types
+
+    from fastloss import _validation as V
+
+    copies = []
+
+    class FakeCupy(np.ndarray):
+        def tolist(self):
+            copies.append(self.shape)
+            return np.asarray(self).tolist()
+
+        def __int__(self):  # the old way, int(t.min()): one copy per value
+            copies.append(())
+            return int(np.asarray(self))
+
+    FakeCupy.__module__ = "cupy._core"
+    fake = types.ModuleType("cupy")
+    fake.stack = lambda values: np.stack([np.asarray(v) for v in values]).view(FakeCupy)
+    monkeypatch.setattr(V, "_namespace", lambda a: fake if type(a).__module__.startswith("cupy") else np)
+    t = np.array([3, 0, 7, 2]).view(FakeCupy)
+    assert V._min_max(t) == (0, 7)
+    V.class_indices("target", t, 8, -100)
+    with pytest.raises(IndexError, match="7"):
+        V.class_indices("target", t, 7, -100)
+    assert copies == [(2,)] * 3

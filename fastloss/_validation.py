@@ -141,7 +141,6 @@ def class_indices(name: str, target, n_classes: int, ignore_index: int) -> None:
     lo, hi = (int(v) for v in _min_max(target))
     if 0 <= lo and hi < n_classes:
         return
-    xp = _namespace(target)
     bad = (target < 0) | (target >= n_classes)
     bad &= target != ignore_index
     if bool(bad.any()):

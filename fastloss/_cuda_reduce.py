@@ -28,6 +28,7 @@ a device function from another module, which races between the block's threads (
 from __future__ import annotations
 
 import math
+import threading
 import types
 
 from numba import config, cuda
@@ -186,23 +187,25 @@ def group_size(n: int) -> int:
 # Scratch for the partial sums, reused from call to call
 # --------------------------------------------------------------------------------------------------
 _SCRATCH: dict = {}
-#: At most this many scratch buffers are kept (one per device, stream and length seen recently).
+#: At most this many scratch buffers are kept (one per device, stream, thread and length seen recently).
 MAX_SCRATCH = 64
 
 
 def scratch(n: int, like, role: str):
     """A float64 device buffer of ``n`` elements for per-block partial sums (or a denominator), kept
-    per (device, stream, n, role) and handed out again by later calls; buffers live at the same time
-    within a call need different ``role`` names.
+    per (device, stream, calling thread, n, role) and handed out again by later calls; buffers live at
+    the same time within a call need different ``role`` names.
 
     Safe because every kernel of a call runs on one stream (CuPy's current stream, or stream 0 for
     Numba arrays), in order: a later call's kernels on that stream write the buffer only after this
-    call's kernels have read it. Never return a scratch buffer (or a view of it) to the caller.
+    call's kernels have read it. Per thread, because two threads launching on one stream interleave
+    their kernels: one call's partial sums would be overwritten by the other's before its final sum
+    reads them. Never return a scratch buffer (or a view of it) to the caller.
     """
     from . import _cuda_arrays as D
 
     stream = D.stream_for(like)
-    key = (D.device_id(like), id(stream) if stream else 0, D.is_cupy(like), int(n), role)
+    key = (D.device_id(like), id(stream) if stream else 0, threading.get_ident(), D.is_cupy(like), int(n), role)
     buf = _SCRATCH.get(key)
     if buf is None:
         if len(_SCRATCH) >= MAX_SCRATCH:

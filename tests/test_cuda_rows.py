@@ -282,3 +282,23 @@ def test_row_kernels_compile_for_real_gpus():
         assert facts["local"] == 0, f"{name}: a local-memory array (the register cache did not unroll)"
         if name.startswith(("softmax_rows", "ce_rows")) and "float32" in name:
             assert facts["ex2_f32"] > 0, f"{name}: no float32 ex2.approx"
+
+
+@needs_device
+def test_scratch_is_per_thread():
+    """Partial-sum scratch is reused by later calls of one thread, never shared between threads: two
+    threads launching on one stream interleave their kernels, and would read each other's sums."""
+    import threading
+
+    cuda, _, _, _, _ = _modules()
+    from fastloss import _cuda_reduce as R
+
+    like = cuda.to_device(np.zeros(4, np.float32))
+    mine = R.scratch(5, like, "parts")
+    assert R.scratch(5, like, "parts") is mine
+    assert R.scratch(5, like, "other role") is not mine
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(R.scratch(5, like, "parts")))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not mine

@@ -139,6 +139,15 @@ def empty(shape, dtype, like):
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
+def zeros(shape, dtype, like):
+    """A new zeroed C-contiguous array of ``like``'s library (and device), zeroed in stream order
+    (CuPy) or before returning (Numba)."""
+    shape = tuple(int(s) for s in shape)
+    if is_cupy(like):
+        return _cupy().zeros(shape, dtype=dtype)
+    return cuda.to_device(np.zeros(shape, dtype=np.dtype(dtype)))
+
+
 def is_c_contiguous(a) -> bool:
     if is_cupy(a):
         return bool(a.flags.c_contiguous)

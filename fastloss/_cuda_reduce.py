@@ -31,6 +31,7 @@ import math
 import threading
 import types
 
+import numpy as np
 from numba import config, cuda
 
 #: True under the CUDA simulator.
@@ -211,4 +212,23 @@ def scratch(n: int, like, role: str):
         if len(_SCRATCH) >= MAX_SCRATCH:
             _SCRATCH.pop(next(iter(_SCRATCH)))
         buf = _SCRATCH[key] = D.partial_buffer(n, like)
+    return buf
+
+
+_TICKETS: dict = {}
+
+
+def ticket(like):
+    """The zeroed uint32[1] counter of :func:`fastloss._cuda_rows.finish_partials` for launches on
+    ``like``'s device and stream from this thread (kept, as :func:`scratch`; each launch's last block
+    leaves it at 0 again). Per stream and thread for the reason :func:`scratch` gives."""
+    from . import _cuda_arrays as D
+
+    stream = D.stream_for(like)
+    key = (D.device_id(like), id(stream) if stream else 0, threading.get_ident(), D.is_cupy(like))
+    buf = _TICKETS.get(key)
+    if buf is None:
+        if len(_TICKETS) >= MAX_SCRATCH:
+            _TICKETS.pop(next(iter(_TICKETS)))
+        buf = _TICKETS[key] = D.zeros((1,), np.uint32, like)
     return buf

@@ -19,7 +19,7 @@ function bound this way compiles (or, simulated, runs) only where a kernel calls
 """
 from __future__ import annotations
 
-from numba import cuda
+from numba import cuda, uint32
 
 from . import _cuda_reduce as _R
 
@@ -89,6 +89,46 @@ def _leave_partial(buf, acc, parts):
         parts[cuda.blockIdx.x] = total
 
 
+def _finish_partials(buf, last, acc, parts, ticket, out, den, den_buf, use_den_buf):
+    """:func:`_leave_partial`, then the final sum in the same launch: the last block of the grid to get
+    here adds every block's partial in block order (thread k takes k, k + blockDim, ..., then a block
+    sum: the order depends on the launch shape only, so results repeat bit for bit) and writes
+    ``out[0] = sum / d`` with ``d = den_buf[0]`` if ``use_den_buf`` else ``den``. All threads call it.
+
+    One launch fewer per call than a separate final kernel (issue 9: launch overhead). Each block's
+    thread 0 publishes its partial, fences (the partial is visible to every block before the ticket
+    is), then takes a ticket, ``atomic.inc(ticket[0], gridDim - 1)``: it counts the blocks done and
+    wraps to 0 for the block that sees ``gridDim - 1``, the last one, so the same zeroed ``ticket`` serves
+    every launch on its stream (see ``_cuda_reduce.ticket``). The last block reads the partials with
+    ``ld.global.cg`` (:func:`load_partial`), from L2, never from a stale L1 line. ``last``: a shared
+    uint32[1] of the kernel.
+    """
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        parts[cuda.blockIdx.x] = total
+        cuda.threadfence()
+        last[0] = cuda.atomic.inc(ticket, 0, uint32(cuda.gridDim.x - 1))
+    cuda.syncthreads()
+    if last[0] == uint32(cuda.gridDim.x - 1):
+        s = 0.0
+        k = cuda.threadIdx.x
+        while k < cuda.gridDim.x:  # a while loop: range() with a step divides to count its trips
+            s += load_partial(parts, k)
+            k += cuda.blockDim.x
+        total = block_sum(buf, s)
+        if cuda.threadIdx.x == 0:
+            out[0] = total / (den_buf[0] if use_den_buf else den)
+
+
+def _load_partial_gpu(parts, k):
+    """``parts[k]`` read through L2 (``ld.global.cg``): written by another block in this launch."""
+    return cuda.ldcg(parts, k)
+
+
+def _load_partial_sim(parts, k):
+    return parts[k]
+
+
 def _cast(tmp, v):
     """``v`` converted to the data's dtype (``tmp``: a one-element local array of that dtype)."""
     tmp[0] = v
@@ -96,12 +136,16 @@ def _cast(tmp, v):
 
 
 _DEVICE = {"row_slots": _row_slots, "row_sum": _row_sum, "row_max": _row_max, "leave_partial": _leave_partial,
-           "cast": _cast}
+           "load_partial": _load_partial_sim if _R.SIMULATOR else _load_partial_gpu,
+           "finish_partials": _finish_partials, "cast": _cast}
 
 
 def install(namespace: dict) -> None:
     """:func:`fastloss._cuda_reduce.install` (``group_sum``, ``group_max``, ``block_sum``, ``block_max``,
-    ``WARP``), then ``row_slots``, ``row_sum``, ``row_max``, ``leave_partial`` and ``cast`` as device
-    functions bound to ``namespace`` (a kernel module's ``globals()``)."""
+    ``WARP``), then ``row_slots``, ``row_sum``, ``row_max``, ``leave_partial``, ``finish_partials``,
+    ``load_partial`` and ``cast`` as device functions bound to ``namespace`` (a kernel module's
+    ``globals()``, which gets ``uint32`` too)."""
     _R.install(namespace)
+    if namespace.setdefault("uint32", uint32) is not uint32:
+        raise RuntimeError("install(): the module's 'uint32' is not numba's")
     _R.bind(namespace, _DEVICE)

@@ -11,7 +11,7 @@ import json
 import os
 import types
 
-from numba import boolean, cuda, float32, float64, int32, int64, uint8
+from numba import boolean, cuda, float32, float64, int32, int64, uint8, uint32
 from numba.cuda import dispatcher
 
 from fastloss.families import ranking_cuda as RK
@@ -28,19 +28,21 @@ def arr(t):
 
 def signatures():
     for dt in (float32, float64):
-        A, P = arr(dt), arr(float64)
+        A, P, U = arr(dt), arr(float64), arr(uint32)
         G3 = (boolean, A, boolean, float64, float64, A, int64)  # reduce, loss_out, want_grad, inv_den, gs, gv, gstep
         yield f"softmax_rows[{dt}]", S._softmax_rows, (A, int64, int64, int64, int64, boolean, A, boolean, float64,
                                                        A, int64, A)
         for tt in (int64, int32, uint8, dt):
             yield f"ce_rows[{dt},{tt}]", CE._ce_rows, (A, int64, int64, int64, int64, int64, arr(tt), A, boolean,
-                                                      int64, float64, boolean, A, P, boolean, float64, A, int64,
-                                                      float64, P, boolean, A)
+                                                      int64, float64, boolean, A, P, U, A, float64, boolean,
+                                                      float64, A, int64, float64, P, boolean, A)
         for tt in (int64, int32):
-            yield f"nll_rows[{dt},{tt}]", S._nll_rows, (A, int64, int64, arr(tt), A, boolean, int64, boolean, A, P)
+            yield f"nll_rows[{dt},{tt}]", S._nll_rows, (A, int64, int64, arr(tt), A, boolean, int64, boolean, A, P,
+                                                        U, A, float64, P, boolean)
             yield f"nll_lines[{dt},{tt}]", S._nll_lines, (A, int64, int64, int64, int64, arr(tt), A, boolean, int64,
-                                                          boolean, A, P, float64, A, int64, float64, P, boolean, A)
-            yield f"target_weight_sum[{dt},{tt}]", CE._target_weight_sum, (arr(tt), A, boolean, int64, P)
+                                                          boolean, A, P, U, A, float64, float64, A, int64, float64, P,
+                                                          boolean, A)
+            yield f"target_weight_sum[{dt},{tt}]", CE._target_weight_sum, (arr(tt), A, boolean, int64, P, U, P)
         yield f"elementwise[{dt}]", RK._elementwise, (int64, A, A, A, float64) + G3 + (A, A, P)
         yield f"cosine_rows[{dt}]", RK._cosine_rows, (A, A, A, int64, int64, int64, float64) + G3 + (A, A, P)
         yield f"triplet_rows[{dt}]", TR._triplet_rows, (A, A, A, int64, int64, int64, float64, float64, boolean,
@@ -61,6 +63,9 @@ def main():
                 "ex2_f32": ptx.count("ex2.approx.ftz.f32") + ptx.count("ex2.approx.f32"),
                 "local": ptx.count("ld.local") + ptx.count("st.local"),
                 "div64": ptx.count("div.s64") + ptx.count("div.u64") + ptx.count("rem.s64") + ptx.count("rem.u64"),
+                "ticket": ptx.count("atom.global.inc.u32") + ptx.count("atom.inc.u32"),
+                "fence": ptx.count("membar.gl") + ptx.count("fence.sc.gpu") + ptx.count("fence.acq_rel.gpu"),
+                "ld_cg": ptx.count("ld.global.cg"),
             }
     print(json.dumps(report))
 

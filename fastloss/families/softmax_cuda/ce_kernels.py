@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float64, int64, uint64
+from numba import cuda, float64, int64, uint32, uint64
 
 from ... import _cuda_rows as _rows
 from ..._cuda_arrays import jit_kernel
 from .rows import _ROW_JIT, BUF, CACHE, INDEX_TARGET, load_row, online_add, row_base, row_scale, \
     tail_share, cached_exp_sum, target_weight
 
-_rows.install(globals())  # group_sum, block_sum, row_slots, row_sum, row_max, leave_partial, cast, WARP
+_rows.install(globals())  # group_sum, block_sum, row_slots, row_sum, row_max, finish_partials, cast, WARP
 
 
 @jit_kernel
-def _target_weight_sum(t, w, has_w, ignore, parts):
-    """Per-block sums of ``w[t_r]`` over non-ignored targets (the mean's denominator): with one
-    block, ``parts[0]`` is the denominator itself."""
+def _target_weight_sum(t, w, has_w, ignore, parts, ticket, out):
+    """The mean's denominator ``out[0] = sum_r w[t_r]`` over non-ignored targets (float64): per-block
+    sums into ``parts``, added by the last block (``finish_partials``)."""
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     acc = 0.0
     for r in range(cuda.grid(1), t.shape[0], cuda.gridsize(1)):
         acc += target_weight(t, w, has_w, ignore, r)
-    leave_partial(buf, acc, parts)
+    finish_partials(buf, last, acc, parts, ticket, out, 1.0, parts, False)
 
 
 @cuda.jit(device=True)
@@ -39,16 +40,19 @@ def class_coef(kind, t, w, has_w, keep, eps_c, one, tmp, i, c):
 
 
 @jit_kernel(**_ROW_JIT)
-def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts,
+def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, parts, ticket, out, den,
              with_grad, gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
-    """Cross entropy per row: its loss into ``loss_out[r]`` (``reduce`` false) or the block's partial
-    sum into ``parts``; with ``with_grad``, its gradient into ``gx`` (which may be ``x``: every element
-    is read before the same thread writes it, and ``x_t`` is taken by the thread that owns class t).
+    """Cross entropy per row: its loss into ``loss_out[r]`` (``reduce`` false), or summed: the blocks'
+    partial sums into ``parts`` and their total over the denominator (``den_buf[0]`` if ``use_den_buf``
+    else ``den``) into ``out[0]`` (``finish_partials``); with ``with_grad``, its gradient into ``gx``
+    (which may be ``x``: every element is read before the same thread writes it, and ``x_t`` is taken
+    by the thread that owns class t).
 
     ``t``: class indices per row (``kind == INDEX_TARGET``) or probabilities per element; ``w``: class
     weights (``has_w``), else any array of the data's dtype, only its type used.
     """
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     mbuf = cuda.shared.array(BUF, x.dtype)
     cache = cuda.local.array(CACHE, x.dtype)
     tmp = cuda.local.array(1, x.dtype)
@@ -167,4 +171,5 @@ def _ce_rows(x, R, C, K, G, kind, t, w, has_w, ignore, eps, reduce, loss_out, pa
                 gx[uint64(i)] = d
                 i += stride
                 c += G
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, den_buf, use_den_buf)

@@ -11,7 +11,7 @@ from ... import _cuda_arrays as D
 from ... import _cuda_reduce as _R
 from ..._cuda_rows import MAX_ROW_BLOCKS, WARP, launch_shape, row_group
 from .ce_kernels import _ce_rows, _target_weight_sum
-from .rows import INDEX_TARGET, ONE_BLOCK_TARGETS, PROB_TARGET, ROWS_BLOCK, _layout
+from .rows import INDEX_TARGET, PROB_TARGET, ROWS_BLOCK, _layout
 from .softmax_kernels import _nll_lines, _nll_rows, _softmax_rows
 
 
@@ -61,25 +61,20 @@ def _none_value(loss_rows, x):
 
 
 def _index_denominator(tf, wf, has_w, ignore_index, like):
-    """float64 device buffer holding ``sum_i w[t_i]`` over non-ignored targets (mean's denominator):
-    one block writes it directly when the targets are few, else per-block partials and a final sum."""
+    """float64 device buffer holding ``sum_i w[t_i]`` over non-ignored targets (mean's denominator),
+    summed in one launch (per-block sums added by the last block)."""
     R = tf.shape[0]
     den = _R.scratch(1, like, "denominator")
-    if R <= ONE_BLOCK_TARGETS:
-        D.launch(_target_weight_sum, 1, like, tf, wf, has_w, ignore_index, den, threads=_R.MAX_THREADS)
-        return den
     blocks = D.blocks_for(R)
     parts = _R.scratch(blocks, like, "denominator parts")
-    D.launch(_target_weight_sum, blocks, like, tf, wf, has_w, ignore_index, parts)
-    D.finish_sum(parts, den)
+    D.launch(_target_weight_sum, blocks, like, tf, wf, has_w, ignore_index, parts, _R.ticket(like), den)
     return den
 
 
-def _reduced_value(parts, x, den=1.0, den_buf=None):
-    """The 0-d result: ``sum(parts) / den`` (or ``/ den_buf[0]``) in ``x``'s dtype."""
-    out = D.result_buffer(x)
-    D.finish_sum(parts, out, den=den, den_buf=den_buf)
-    return D.scalar_view(out)
+def _empty_sum(out, den, den_buf):
+    """``out[0] = 0 / d`` for a reduced loss with nothing to sum (no rows or no classes): 0, or NaN for
+    an empty mean, as torch."""
+    D.finish_sum(D.partial_buffer(0, out), out, den=den, den_buf=den_buf)
 
 
 class _Rows:
@@ -95,6 +90,9 @@ class _Rows:
         self.has_w = w is not None
         self.wf = D.contiguous(w) if self.has_w else self.xf  # a stand-in, never read
         self.reduce = reduction != "none"
+        # the summed loss (its kernel's last block writes it) or a stand-in, never written, for 'none'
+        self.out = D.result_buffer(self.x) if self.reduce else self.xf
+        self.ticket = _R.ticket(self.x)
         self.loss_rows, self.loss_flat = None, self.xf  # a stand-in, never written when reduced
         if not self.reduce:
             self.loss_rows = D.empty((1,) if self.x.ndim == 1 else _none_shape(self.x), self.x.dtype, self.x)
@@ -107,8 +105,9 @@ class _Rows:
     def index_denominator(self, ignore_index):
         return _index_denominator(self.tf, self.wf, self.has_w, ignore_index, self.x)
 
-    def result(self, parts, grad, den=1.0, den_buf=None):
-        value = _reduced_value(parts, self.x, den, den_buf) if self.reduce else _none_value(self.loss_rows, self.x)
+    def result(self, grad):
+        """The value (the 0-d ``out`` its kernel summed into, or the per-row losses) and gradient."""
+        value = D.scalar_view(self.out) if self.reduce else _none_value(self.loss_rows, self.x)
         return value if grad is None else (value, (self.gx,))
 
 
@@ -131,10 +130,12 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
     parts = _R.scratch(blocks if work else 0, rows.x, "parts")
     if work:
         D.launch(_ce_rows, blocks, rows.x, rows.xf, R, C, K, G, kind, rows.tf, rows.wf, rows.has_w,
-                 int(ignore_index), float(label_smoothing), rows.reduce, rows.loss_flat, parts,
-                 grad is not None, *rows.inc.args(), 1.0 / den if den else math.inf,
+                 int(ignore_index), float(label_smoothing), rows.reduce, rows.loss_flat, parts, rows.ticket,
+                 rows.out, den, grad is not None, *rows.inc.args(), 1.0 / den if den else math.inf,
                  den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
-    return rows.result(parts, grad, den, den_buf)
+    elif rows.reduce:
+        _empty_sum(rows.out, den, den_buf)
+    return rows.result(grad)
 
 
 @D.on_input_device
@@ -153,7 +154,10 @@ def nll(x, t, w, ignore_index, reduction, grad):
         parts = _R.scratch(blocks if R and C else 0, rows.x, "parts")
         if R and C:
             D.launch(_nll_rows, blocks, rows.x, rows.xf, C, K, rows.tf, rows.wf, rows.has_w, ignore, rows.reduce,
-                     rows.loss_flat, parts)
+                     rows.loss_flat, parts, rows.ticket, rows.out, 1.0, den_buf if den_buf is not None else parts,
+                     den_buf is not None)
+        elif rows.reduce:
+            _empty_sum(rows.out, 1.0, den_buf)
     else:
         L, J = (R, C) if K == 1 else (n // K if K else 0, K)
         threads = ROWS_BLOCK
@@ -161,6 +165,8 @@ def nll(x, t, w, ignore_index, reduction, grad):
         parts = _R.scratch(blocks if n else 0, rows.x, "parts")
         if n:
             D.launch(_nll_lines, blocks, rows.x, rows.xf, L, J, C, K, rows.tf, rows.wf, rows.has_w, ignore,
-                     rows.reduce, rows.loss_flat, parts, *rows.inc.args(), 1.0,
+                     rows.reduce, rows.loss_flat, parts, rows.ticket, rows.out, 1.0, *rows.inc.args(), 1.0,
                      den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
-    return rows.result(parts, grad, 1.0, den_buf)
+        elif rows.reduce:
+            _empty_sum(rows.out, 1.0, den_buf)
+    return rows.result(grad)

@@ -23,8 +23,6 @@ ROWS_BLOCK = 16 if D.SIMULATOR else 256
 ROW_BLOCK_MIN_C = WARP * PER_THREAD + 1
 #: Register limit of the row kernels: a block of ROW_THREADS threads must fit the 64K registers of an SM.
 _ROW_JIT = {} if D.SIMULATOR else {"max_registers": 65536 // ROW_THREADS}
-#: Up to this many targets, the mean's denominator is summed by one block (one launch).
-ONE_BLOCK_TARGETS = 1 << 16
 
 # Kinds of target of the cross-entropy kernel.
 INDEX_TARGET, PROB_TARGET = 0, 1

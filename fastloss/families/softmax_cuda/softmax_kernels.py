@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float64, int64, uint64
+from numba import cuda, float64, int64, uint32, uint64
 
 from ... import _cuda_rows as _rows
 from ..._cuda_arrays import jit_kernel
@@ -12,7 +12,7 @@ from ..._cuda_arrays import incoming_at
 from .rows import _ROW_JIT, BUF, CACHE, cached_exp_sum, load_row, row_base, row_scale, tail_pass, tail_share, \
     target_weight
 
-_rows.install(globals())  # group_sum, block_sum, row_slots, row_sum, row_max, leave_partial, cast, WARP
+_rows.install(globals())  # group_sum, block_sum, row_slots, row_sum, row_max, finish_partials, cast, WARP
 
 
 @cuda.jit(device=True)
@@ -80,9 +80,11 @@ def _softmax_rows(x, R, C, K, G, log, y, with_grad, gs, gv, gstep, gx):
 
 
 @jit_kernel
-def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts):
-    """NLL value, one thread per row: ``-w[t_r] x[r, t_r]`` (0 where ignored); one read per row."""
+def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts, ticket, out, den, den_buf, use_den_buf):
+    """NLL value, one thread per row: ``-w[t_r] x[r, t_r]`` (0 where ignored); one read per row. Summed
+    (``reduce``): the total over the denominator into ``out[0]`` (see ``_ce_rows``)."""
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     R = t.shape[0]
     acc = 0.0
     for r in range(cuda.grid(1), R, cuda.gridsize(1)):
@@ -94,11 +96,12 @@ def _nll_rows(x, C, K, t, w, has_w, ignore, reduce, loss_out, parts):
             acc += loss
         else:
             loss_out[r] = loss
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, den_buf, use_den_buf)
 
 
 @jit_kernel
-def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
+def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts, ticket, out, den,
                gs, gv, gstep, inv_den, den_buf, use_den_buf, gx):
     """NLL value and gradient over *lines* of ``J`` contiguous elements (coalesced writes of the whole,
     mostly zero, gradient): ``gx = -w[t] scale`` at the target class, 0 elsewhere; the element at the
@@ -106,9 +109,11 @@ def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
 
     ``K == 1``: line ``l`` is row ``l`` (``J = C``, element ``j`` is class ``j``). ``K > 1``: line
     ``l = o C + c`` is class ``c`` of rows ``o K .. o K + K - 1`` (``J = K``); one division per line.
-    Each line is walked by a warp (a grid-stride loop over lines, lanes over its elements).
+    Each line is walked by a warp (a grid-stride loop over lines, lanes over its elements). Summed
+    (``reduce``): the total over the denominator into ``out[0]`` (see ``_ce_rows``).
     """
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     lane = cuda.threadIdx.x & (WARP - 1)
     warp = cuda.grid(1) // WARP
     warps = cuda.gridsize(1) // WARP
@@ -152,4 +157,5 @@ def _nll_lines(x, L, J, C, K, t, w, has_w, ignore, reduce, loss_out, parts,
                 elif ti == ignore and c == 0 and not reduce:
                     loss_out[r] = 0.0
                 gx[base + j] = d
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, den_buf, use_den_buf)

@@ -43,10 +43,11 @@ def signatures():
                                                           boolean, A, P, U, A, float64, float64, A, int64, float64, P,
                                                           boolean, A)
             yield f"target_weight_sum[{dt},{tt}]", CE._target_weight_sum, (arr(tt), A, boolean, int64, P, U, P)
-        yield f"elementwise[{dt}]", RK._elementwise, (int64, A, A, A, float64) + G3 + (A, A, P)
-        yield f"cosine_rows[{dt}]", RK._cosine_rows, (A, A, A, int64, int64, int64, float64) + G3 + (A, A, P)
+        yield f"elementwise[{dt}]", RK._elementwise, (int64, A, A, A, float64) + G3 + (A, A, P, U, A, float64)
+        yield f"cosine_rows[{dt}]", RK._cosine_rows, (A, A, A, int64, int64, int64, float64) + G3 + (A, A, P, U, A,
+                                                                                                    float64)
         yield f"triplet_rows[{dt}]", TR._triplet_rows, (A, A, A, int64, int64, int64, float64, float64, boolean,
-                                                        int64, float64) + G3 + (A, A, A, P)
+                                                        int64, float64) + G3 + (A, A, A, P, U, A, float64)
 
 
 def main():

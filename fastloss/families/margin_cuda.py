@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64, int32, int64, uint64
+from numba import cuda, float64, int32, int64, uint32, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
@@ -37,7 +37,7 @@ from .._cuda_arrays import incoming_at
 from .._cuda_rows import MAX_ROW_BLOCKS, PER_THREAD, ROW_THREADS, launch_shape, row_group
 from .margin import margin_point
 
-_rows.install(globals())  # group_sum, block_sum, block_max, row_slots, row_sum, leave_partial, cast, WARP
+_rows.install(globals())  # group_sum, block_sum, block_max, row_slots, row_sum, finish_partials, cast, WARP
 
 #: The one-point maths of the CPU kernels, as a device function.
 point = cuda.jit(device=True)(margin_point)
@@ -59,12 +59,13 @@ def block_threads(C: int) -> int:
 # multi_margin_loss
 # --------------------------------------------------------------------------------------------------
 @D.jit_kernel
-def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_out, parts,
+def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_out, parts, ticket, out, den,
                        with_grad, gs, gv, gstep, inv_den, gx):
     """``w_y / C * sum_{i != y} h(margin - x_y + x_i)`` per row (``loss_out[r]``, or the block's partial
     sum into ``parts``); with ``with_grad``, its gradient into ``gx`` (which may be ``x``). ``w``: class
     weights (``has_w``), else any array of the data's dtype, never read."""
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     tmp = cuda.local.array(1, x.dtype)
     zero, one = cast(tmp, 0.0), cast(tmp, 1.0)
     lane, sub, start, step = row_slots(G)
@@ -106,17 +107,19 @@ def _multi_margin_rows(x, R, C, G, t, w, has_w, margin, squared, reduce, loss_ou
                 loss_out[r] = loss
             if with_grad:
                 gx[uint64(base + y)] = -Dy
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, parts, False)
 
 
 # --------------------------------------------------------------------------------------------------
 # multilabel_margin_loss
 # --------------------------------------------------------------------------------------------------
 @D.jit_kernel
-def _multilabel_rows(x, R, C, t, mark, reduce, loss_out, parts, with_grad, gs, gv, gstep, inv_den, gx):
+def _multilabel_rows(x, R, C, t, mark, reduce, loss_out, parts, ticket, out, den, with_grad, gs, gv, gstep, inv_den, gx):
     """``1 / C * sum_{j listed} sum_{i not listed} h(1 - x_{t_j} + x_i)`` per row, a block per row
     (see the module docstring); ``mark``: int32 scratch of ``R * C``; ``gx`` must not be ``x``."""
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     tmp = cuda.local.array(1, x.dtype)
     zero, one = cast(tmp, 0.0), cast(tmp, 1.0)
     tid = cuda.threadIdx.x
@@ -185,7 +188,8 @@ def _multilabel_rows(x, R, C, t, mark, reduce, loss_out, parts, with_grad, gs, g
                         cnt += dh
                     gx[uint64(base + i)] = cd * cnt
                 i += T
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, parts, False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,12 +228,16 @@ class _Rows:
         self.n = n
         self.inv_den = 1.0 / n if reduction == "mean" and n else 1.0
         self.den = (float(n) if n else math.nan) if reduction == "mean" else 1.0
+        self.out = D.result_buffer(self.x) if self.reduce else self.xf  # a stand-in for 'none'
+        self.ticket = _R.ticket(self.x)
 
     def result(self, parts):
+        """The value (the 0-d ``out`` its kernel summed into; ``parts`` is empty when there was no row
+        and no launch) and gradient."""
         if self.reduce:
-            out = D.result_buffer(self.x)
-            D.finish_sum(parts, out, den=self.den)
-            value = D.scalar_view(out)
+            if not parts.shape[0]:
+                D.finish_sum(parts, self.out, den=self.den)
+            value = D.scalar_view(self.out)
         else:
             value = self.loss if self.loss_shape else D.scalar_view(self.loss)
         return value if self.grad is None else (value, (self.gx,))
@@ -252,7 +260,7 @@ def multi_margin(x, t, p, margin, w, reduction, grad):
     parts = _R.scratch(blocks if n else 0, rows.x, "parts")
     if n:
         D.launch(_multi_margin_rows, blocks, rows.x, rows.xf, n, n_cls, G, rows.tf, wf, has_w, float(margin),
-                 p == 2, rows.reduce, rows.loss_flat, parts, grad is not None, *rows.inc.args(), rows.inv_den,
+                 p == 2, rows.reduce, rows.loss_flat, parts, rows.ticket, rows.out, rows.den, grad is not None, *rows.inc.args(), rows.inv_den,
                  rows.gxf, threads=threads)
     return rows.result(parts)
 
@@ -267,5 +275,6 @@ def multilabel_margin(x, t, reduction, grad):
     if n:
         mark = D.empty((n * n_cls,), np.int32, rows.x)
         D.launch(_multilabel_rows, blocks, rows.x, rows.xf, n, n_cls, rows.tf, mark, rows.reduce, rows.loss_flat,
-                 parts, grad is not None, *rows.inc.args(), rows.inv_den, rows.gxf, threads=block_threads(n_cls))
+                 parts, rows.ticket, rows.out, rows.den, grad is not None, *rows.inc.args(), rows.inv_den, rows.gxf,
+                 threads=block_threads(n_cls))
     return rows.result(parts)

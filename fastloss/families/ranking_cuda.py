@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64, uint64
+from numba import cuda, float64, uint32, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_reduce as _R
@@ -28,7 +28,7 @@ from .._cuda_arrays import incoming_at
 from .._cuda_rows import launch_shape
 from .ranking import COSINE_EPS  # torch's float32 EPSILON: one definition for both backends
 
-_rows.install(globals())  # group_sum, block_sum, row_slots, leave_partial, cast, WARP
+_rows.install(globals())  # group_sum, block_sum, row_slots, finish_partials, cast, WARP
 
 # Kinds of the element-wise kernel.
 MARGIN_RANKING, HINGE_EMBEDDING = 0, 1
@@ -70,10 +70,12 @@ def element_loss_grad(kind, x1, x2, y, margin, g, zero):
 
 
 @D.jit_kernel
-def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep, g1, g2, parts):
-    """Value and gradients of an element-wise loss in the data's precision; the block's float64 loss
-    sum into ``parts``."""
+def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep, g1, g2, parts, ticket,
+                 out, den):
+    """Value and gradients of an element-wise loss in the data's precision; summed (``reduce``), the
+    float64 total over ``den`` into ``out[0]`` (``finish_partials``: block sums in ``parts``)."""
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     tmp = cuda.local.array(1, x1.dtype)
     zero = cast(tmp, 0.0)
     m = cast(tmp, margin)
@@ -89,12 +91,13 @@ def _elementwise(kind, x1, x2, y, margin, reduce, loss_out, want_grad, inv_den, 
             g1[i] = d1
             if kind == MARGIN_RANKING:
                 g2[i] = d2
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, parts, False)
 
 
 @D.jit_kernel
 def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad, inv_den, gs, gv, gstep,
-                 g1, g2, parts):
+                 g1, g2, parts, ticket, out, den):
     """Cosine embedding loss, ``G`` lanes per row of ``width`` values (flat C-order inputs).
 
     ``cos = <x1, x2> / sqrt((|x1|^2 + eps) (|x2|^2 + eps))``; loss ``1 - cos`` (y == 1),
@@ -108,6 +111,7 @@ def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad,
     reductions need every lane (see :mod:`fastloss._cuda_reduce`).
     """
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     tmp = cuda.local.array(1, x1.dtype)
     zero = cast(tmp, 0.0)
     lane, sub, start, step = row_slots(G)
@@ -166,7 +170,8 @@ def _cosine_rows(x1, x2, y, rows, width, G, margin, reduce, loss_out, want_grad,
                 g1[uint64(i)] = cp * b + b1 * a
                 g2[uint64(i)] = cp * a + b2 * b
                 i += G
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, parts, False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,19 +206,26 @@ class Launch:
         self.blocks = D.blocks_for(work) if blocks is None else blocks
         self.parts = _R.scratch(self.blocks if work else 0, self.like, "parts")
         self.loss_shape = tuple(loss_shape)
+        # the summed loss (the kernel's last block writes it), or a stand-in for 'none'
+        self.out = D.result_buffer(self.like, dt) if self.reduce else self.inputs[0]
+        self.den = float(self.count) if reduction == "mean" else 1.0
+        self.ticket = _R.ticket(self.like)
 
     def run(self, kernel, *args, threads=D.TPB):
-        """Launch ``kernel`` (when there is work) and return the API's result."""
+        """Launch ``kernel`` (when there is work; it writes a summed loss itself) and return the API's result."""
         if self.parts.shape[0]:
             D.launch(kernel, self.blocks, self.like, *args, threads=threads)
         if self.reduce:
-            out = D.result_buffer(self.like, self.dtype)
-            den = float(self.count) if self.reduction == "mean" else 1.0
-            D.finish_sum(self.parts, out, den=den)
-            value = D.scalar_view(out)
+            if not self.parts.shape[0]:
+                D.finish_sum(self.parts, self.out, den=self.den)  # nothing summed: 0, or NaN for a mean
+            value = D.scalar_view(self.out)
         else:
             value = self.loss if self.loss_shape else D.scalar_view(self.loss)
         return value if self.grad is None else (value, tuple(self.results))
+
+    def sum_args(self):
+        """``(parts, ticket, out, den)``: the kernels' last arguments (see ``_cuda_rows.finish_partials``)."""
+        return self.parts, self.ticket, self.out, self.den
 
     def grad_args(self):
         """``(reduce, loss_out, want_grad, inv_den, gs, gv, gstep)`` of the kernels."""
@@ -226,7 +238,7 @@ def margin_ranking(x1, x2, y, margin, reduction, grad):
     job = Launch((x1, x2), (y,), x1.shape, reduction, grad, x1.size)
     a, b = job.inputs
     return job.run(_elementwise, MARGIN_RANKING, a, b, job.others[0], float(margin), *job.grad_args(),
-                   job.grads[0], job.grads[1], job.parts)
+                   job.grads[0], job.grads[1], *job.sum_args())
 
 
 @D.on_input_device
@@ -235,7 +247,7 @@ def hinge_embedding(x, y, margin, reduction, grad):
     job = Launch((x,), (y,), x.shape, reduction, grad, x.size)
     a = job.inputs[0]
     return job.run(_elementwise, HINGE_EMBEDDING, a, a, job.others[0], float(margin), *job.grad_args(),
-                   job.grads[0], job.grads[0], job.parts)
+                   job.grads[0], job.grads[0], *job.sum_args())
 
 
 @D.on_input_device
@@ -251,4 +263,4 @@ def cosine_embedding(x1, x2, y, margin, reduction, grad):
     job = Launch((x1, x2), (y,), shape[:-1], reduction, grad, rows, blocks)
     a, b = job.inputs
     return job.run(_cosine_rows, a, b, job.others[0], rows, width, G, float(margin), *job.grad_args(),
-                   job.grads[0], job.grads[1], job.parts, threads=threads)
+                   job.grads[0], job.grads[1], *job.sum_args(), threads=threads)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64, uint64
+from numba import cuda, float64, uint32, uint64
 
 from .. import _cuda_arrays as D
 from .. import _cuda_rows as _rows
 from .._cuda_arrays import incoming_at
 from .ranking_cuda import BUF, Launch, row_launch
 
-_rows.install(globals())  # group_sum, group_max, block_sum, row_slots, leave_partial, cast, WARP
+_rows.install(globals())  # group_sum, group_max, block_sum, row_slots, finish_partials, cast, WARP
 
 # How the p-norm of a difference vector is computed and differentiated.
 NORM_ONE, NORM_TWO, NORM_THREE, NORM_POW, NORM_MAX, NORM_MIN, NORM_COUNT = range(7)
@@ -179,7 +179,7 @@ def norm_grad1(u, norm, k, kind, p):
 
 @D.jit_kernel
 def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
-                  reduce, loss_out, want_grad, inv_den, gs, gv, gstep, ga, gp, gn, parts):
+                  reduce, loss_out, want_grad, inv_den, gs, gv, gstep, ga, gp, gn, parts, ticket, out, den):
     """Triplet margin loss, ``G`` lanes per row (flat C-order inputs of ``rows * width`` values).
 
     ``z = (margin + d_ap) - d_an``; ``dz = g`` where ``z >= 0`` flows to ``d_ap`` as ``dz`` and to
@@ -188,6 +188,7 @@ def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
     reductions need every lane.
     """
     buf = cuda.shared.array(BUF, float64)
+    last = cuda.shared.array(1, uint32)
     tmp = cuda.local.array(1, a.dtype)
     zero = cast(tmp, 0.0)
     eps_d = cast(tmp, eps)
@@ -255,7 +256,8 @@ def _triplet_rows(a, p, n, rows, width, G, margin, eps, swap, kind, pp,
                     gp[j] = dw - du
                     gn[j] = -dv - dw
                     i += G
-    leave_partial(buf, acc, parts)
+    if reduce:
+        finish_partials(buf, last, acc, parts, ticket, out, den, parts, False)
 
 
 @D.on_input_device
@@ -271,4 +273,4 @@ def triplet_margin(a, p, n, margin, pnorm, eps, swap, reduction, grad):
     job = Launch((a, p, n), (), shape[:-1], reduction, grad, rows, blocks)
     A, P, N = job.inputs
     return job.run(_triplet_rows, A, P, N, rows, width, G, float(margin), float(eps), bool(swap),
-                   norm_kind(float(pnorm)), float(pnorm), *job.grad_args(), *job.grads, job.parts, threads=threads)
+                   norm_kind(float(pnorm)), float(pnorm), *job.grad_args(), *job.grads, *job.sum_args(), threads=threads)

@@ -29,7 +29,8 @@ around ``ex2.approx``), with the row maximum ``M`` subtracted first. Sums: each 
 exponentials in the data's precision (at most ``CACHE`` plus the tail's share, e.g. 63 terms for
 32,000 classes), then the threads' partial sums are added in float64; the row's ``log S`` is float64.
 Per-row values (losses, scales) are float64 and rounded once when stored; each block leaves one
-float64 partial sum of the loss and one block adds the partials in a fixed order (deterministic).
+float64 partial sum of the loss, and the last block of the launch to finish adds the partials in a
+fixed order (deterministic) and writes the result (``_cuda_rows.finish_partials``): no second launch.
 
 With ``lse = M + log S``, ``p_c = exp(x_c - M) / S``:
 
@@ -43,8 +44,8 @@ With ``lse = M + log S``, ``p_c = exp(x_c - M) / S``:
   ``A - B M`` (so large logits cancel exactly).
 
 ``reduction='mean'`` of class-index targets divides by ``sum_i w[t_i]`` over non-ignored targets, which
-a small kernel computes from the targets alone (one block when they are few), so the fused kernel can
-scale the gradient without a host round trip.
+a small kernel computes from the targets alone (one launch), so the fused kernel can scale the
+gradient without a host round trip: two launches in all.
 
 Where to find what:
 

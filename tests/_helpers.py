@@ -114,3 +114,26 @@ def to_torch(a, requires_grad=False):
         if a.dtype.kind == "b":
             return torch.tensor(a)
     return a
+
+
+def probe_without_simulator(script: str) -> dict:
+    """Run ``script`` (Python that prints one JSON line last) in a process without the CUDA simulator,
+    importing the same fastloss as the tests, and return what it printed. For checks of the real-GPU
+    code paths that need numba-cuda but no GPU. Skips without numba-cuda, unless
+    ``FASTLOSS_REQUIRE_CUDA_COMPILE=1`` (CI), where it fails, as it does on any other error."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import fastloss
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLOSS_RECORD_LAUNCHES")}
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        if os.environ.get("FASTLOSS_REQUIRE_CUDA_COMPILE", "") == "1" or "numba.cuda" not in done.stderr:
+            pytest.fail(done.stderr[-4000:])
+        pytest.skip(f"numba-cuda is needed (pip install 'numba-cuda[cu12]'): {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

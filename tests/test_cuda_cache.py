@@ -9,12 +9,9 @@ name would load each other's code, which the second test rules out.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from _helpers import probe_without_simulator
 
 PROBE = r"""
 import importlib, json
@@ -38,23 +35,9 @@ print(json.dumps([{"where": where, "cached": isinstance(k._cache, CUDACache), "m
 """
 
 
-def _probe():
-    import fastloss  # the subprocess imports the same fastloss as this test (installed or not)
-
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLOSS_RECORD_LAUNCHES")}
-    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        if os.environ.get("FASTLOSS_REQUIRE_CUDA_COMPILE", "") == "1" or "numba.cuda" not in done.stderr:
-            pytest.fail(done.stderr[-4000:])
-        pytest.skip(f"numba-cuda is needed (pip install 'numba-cuda[cu12]'): {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def kernels():
-    found = _probe()
+    found = probe_without_simulator(PROBE)
     assert len(found) >= 20, f"only {len(found)} kernels found: the probe's module list is out of date"
     return found
 

@@ -10,12 +10,9 @@ in a process without it.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from _helpers import probe_without_simulator
 
 PROBE = r"""
 import json
@@ -50,17 +47,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def probe():
-    import fastloss  # the subprocess imports the same fastloss as this test (installed or not)
-
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLOSS_RECORD_LAUNCHES")}
-    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        if os.environ.get("FASTLOSS_REQUIRE_CUDA_COMPILE", "") == "1" or "numba.cuda" not in done.stderr:
-            pytest.fail(done.stderr[-4000:])
-        pytest.skip(f"numba-cuda is needed (pip install 'numba-cuda[cu12]'): {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return probe_without_simulator(PROBE)
 
 
 def test_numba_cuda_offers_strided_memory_views(probe):

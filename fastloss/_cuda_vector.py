@@ -32,7 +32,6 @@ import functools
 import numpy as np
 
 from . import _cuda_arrays as D
-from ._cuda_import import cuda  # noqa: F401  (numba.cuda imported the way fastloss always does)
 
 #: Bytes of one vector access (the widest global load or store a thread can issue).
 VECTOR_BYTES = 16

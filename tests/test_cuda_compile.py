@@ -69,17 +69,14 @@ def test_every_launched_kernel_compiles_for_real_gpus(tmp_path):
     assert done.returncode == 0, f"kernels that do not compile for real GPUs:\n{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
 
 
-#: The fast pointwise kernel's argument types for float32 data (as the drivers launch it).
-FAST_F32_TYPES = ["int64", "float64"] + ["array(float32, 1d, C)", "array(float32, 1d, C)", "int64"] + \
-    ["array(float32, 1d, C)", "int64"] * 2 + ["bool", "array(float32, 1d, C)", "bool", "float64", "float64",
-                                             "array(float32, 1d, C)", "int64", "array(float64, 1d, C)", "int64",
-                                             "array(float32, 1d, C)", "array(float64, 1d, C)"]
-
-
 @pytest.mark.slow
 def test_fast_pointwise_kernel_ptx_streams_float32_without_integer_division():
-    """The contiguous pointwise pass for float32 data: no 64-bit integer division or modulo (its loop
-    indexes operands directly), float32 exponentials (``ex2.approx``), float32 maths (f32 FMAs)."""
+    """The contiguous pointwise pass of binary_cross_entropy_with_logits for float32 data (the kernel
+    specialised for that loss, 16-byte vectors): no 64-bit integer division or modulo (its loop indexes
+    operands directly), float32 exponentials (``ex2.approx``), float32 maths (f32 FMAs). Per element,
+    the float32 exp and log1p are some 30 f32 FMAs and the float64 arithmetic around them (the formula's
+    Python-float constants) about 4 f64 FMAs; a float64 exp or log1p would add more than 10 f64 FMAs per
+    element (see ``ptx_pointwise.py`` for the kernels' signatures and the other losses)."""
     code = (
         "import json, re, sys\n"
         "import cuda_compile as c\n"
@@ -87,9 +84,10 @@ def test_fast_pointwise_kernel_ptx_streams_float32_without_integer_division():
         "if why: print(why); sys.exit(3)\n"
         "c.target((9, 0))\n"
         "from numba import cuda\n"
+        "import ptx_pointwise as pp\n"
         "from fastloss.families.pointwise_cuda import kernels as pc\n"
-        f"sig = tuple(c.parse_type(t) for t in {FAST_F32_TYPES!r})\n"
-        "ptx, _ = cuda.compile_ptx(pc._fast_f32.py_func, sig, cc=(9, 0))\n"
+        "kernel = pc.fast_kernel('float32', pc.BCE_LOGITS, pc.FULL, pc.ABSENT, pc.ABSENT, False, True, 4)\n"
+        "ptx, _ = cuda.compile_ptx(kernel.py_func, pp.signature('float32', False), cc=(9, 0))\n"
         "print(json.dumps({op: len(re.findall(op, ptx)) for op in "
         "(r'div\\.[su]64', r'rem\\.[su]64', r'ex2\\.approx[.\\w]*\\.f32', r'fma\\.rn[.\\w]*\\.f32', r'fma\\.rn\\.f64')}))\n"
     )
@@ -105,4 +103,4 @@ def test_fast_pointwise_kernel_ptx_streams_float32_without_integer_division():
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts[r"div\.[su]64"] == 0 and counts[r"rem\.[su]64"] == 0, counts
     assert counts[r"ex2\.approx[.\w]*\.f32"] > 0, counts
-    assert counts[r"fma\.rn[.\w]*\.f32"] > 10 * max(counts[r"fma\.rn\.f64"], 1), counts
+    assert counts[r"fma\.rn[.\w]*\.f32"] > 5 * max(counts[r"fma\.rn\.f64"], 1), counts

@@ -3,8 +3,9 @@
 Where to find what:
 
 * :mod:`.kernels`: the one-point functions of :mod:`fastloss.families.pointwise.points` compiled as CUDA
-  device functions (float64 and float32 elementary functions), and the fused grid-stride passes
-  (``_fast_*``, ``_broadcast_*``) every loss runs through.
+  device functions (float64 and float32 elementary functions), and the two fused passes every loss runs
+  through, each compiled per loss and case by a kernel factory (``fast_kernel``: contiguous operands,
+  16-byte vector loads where aligned; ``broadcast_kernel``: broadcast operands).
 * :mod:`.drivers`: the drivers called by :mod:`fastloss.api` (operand layout, reductions, rmse's and
   gaussian_nll's second passes, multilabel_soft_margin's row sums).
 * :mod:`.logloss`: scikit-learn's ``log_loss`` (a row kernel of its own).

@@ -8,10 +8,11 @@ import numpy as np
 from numba import cuda
 
 from ... import _cuda_arrays as D
+from ... import _cuda_vector as V
 from .kernels import (ABSENT, BCE, BCE_LOGITS, DIVIDE, DIVIDE_OR_ZERO, FULL, GAUSSIAN, GAUSSIAN_FULL,
                       GAUSSIAN_VAR, HUBER, KL_DIV, KL_DIV_LOG_TARGET, L1, MAPE, MSE, NO_DEN, POISSON,
                       POISSON_FULL, POISSON_LOG, POISSON_LOG_FULL, SCALAR, SIGMOID_FOCAL, SMOOTH_L1, SOFT_MARGIN,
-                      _broadcast_f32, _broadcast_f64, _fast_f32, _fast_f64, _sum_middle_axis, _sum_pass)
+                      _sum_middle_axis, _sum_pass, broadcast_kernel, fast_kernel)
 
 
 def _sum_axis(src, axis, out, scale=1.0):
@@ -89,26 +90,37 @@ def _pass(kind, x, t, *, a=0.0, weight=None, pos_weight=None, vout=None, gout=No
 
     ``vout``: per-element losses are stored there (reduction='none'); ``gout``: the gradient
     ``gscale * grad_output * w * d`` (divided per ``den_mode`` by ``den_buf[0]``) is stored there.
+    The kernel is the one compiled for this loss, dtype, operand layout and outputs (see
+    :mod:`.kernels`); the fast one moves 16-byte vectors when every array it streams is 16-byte aligned.
     """
     n = x.size
     xf = D.reshape(x, (n,))
-    blocks = D.grid_blocks(n, x)
-    parts = D.partial_buffer(blocks if n else 0, x)
     if not n:
-        return parts
+        return D.partial_buffer(0, x)
     inc = inc if inc is not None else D.Incoming(1.0, xf, -1)
-    f32 = np.dtype(x.dtype) == np.float32
-    tail = (vout is not None, D.reshape(vout, (n,)) if vout is not None else xf,
-            gout is not None, float(gscale), *inc.args(), den_buf if den_buf is not None else parts,
-            den_mode, D.reshape(gout, (n,)) if gout is not None else xf, parts)
+    dtype = np.dtype(x.dtype).name
+    store, want_grad = vout is not None, gout is not None
+    vflat = D.reshape(vout, (n,)) if store else xf
+    gflat = D.reshape(gout, (n,)) if want_grad else xf
     fast = [_fast_operand(o, x.shape, xf) for o in (t, weight, pos_weight)]
     if all(f is not None for f in fast):
-        D.launch(_fast_f32 if f32 else _fast_f64, blocks, x, kind, float(a), xf, *fast[0], *fast[1], *fast[2],
-                 *tail)
+        streamed = [xf] + [flat for flat, mode in fast if mode == FULL] + [vflat] * store + [gflat] * want_grad
+        if want_grad and inc.step > 0:
+            streamed.append(inc.values)
+        width = V.width(x.dtype) if inc.step <= 1 and V.aligned(streamed) else 1
+        kernel = fast_kernel(dtype, kind, fast[0][1], fast[1][1], fast[2][1], store, want_grad, width)
+        operands = (fast[0][0], fast[1][0], fast[2][0])
+        steps = n // width  # the last n % width elements: one each for the grid's first threads
     else:
-        D.launch(_broadcast_f32 if f32 else _broadcast_f64, blocks, x, kind, float(a), xf,
-                 *_broadcast_operand(t, x.shape, xf), *_broadcast_operand(weight, x.shape, xf),
-                 *_broadcast_operand(pos_weight, x.shape, xf), *tail)
+        kernel = broadcast_kernel(dtype, kind, store, want_grad)
+        operands = (*_broadcast_operand(t, x.shape, xf), *_broadcast_operand(weight, x.shape, xf),
+                    *_broadcast_operand(pos_weight, x.shape, xf))
+        steps = n
+    blocks = D.grid_blocks(steps, x)
+    iters = -(-steps // (blocks * D.TPB))  # steps per thread: the kernels' trip count
+    parts = D.partial_buffer(blocks, x)
+    D.launch(kernel, blocks, x, float(a), xf, *operands, vflat, float(gscale), *inc.args(),
+             den_buf if den_buf is not None else parts, den_mode, gflat, iters, parts)
     return parts
 
 

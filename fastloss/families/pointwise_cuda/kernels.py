@@ -33,7 +33,7 @@ from numba import cuda, float32, float64
 
 from ... import _cuda_arrays as D
 from ..._cuda_arrays import TPB, incoming_at
-from ..pointwise import compile_point_functions
+from ..pointwise import compile_point_functions, point_constants
 
 
 
@@ -73,9 +73,10 @@ def _elementary(dtype):
     return {"exp": math.exp, "log": math.log, "log1p": math.log1p}
 
 
-#: The one-point functions of pointwise.py, compiled as CUDA device functions for float64 and float32 data.
-P64 = compile_point_functions(cuda.jit(device=True), _elementary(np.float64))
-P32 = compile_point_functions(cuda.jit(device=True), _elementary(np.float32))
+#: The one-point functions of pointwise.py, compiled as CUDA device functions for float64 and float32 data:
+#: P32 with float32 constants, so that with float32 arguments each is float32 arithmetic throughout.
+P64 = compile_point_functions(cuda.jit(device=True), _elementary(np.float64), point_constants(np.float64))
+P32 = compile_point_functions(cuda.jit(device=True), _elementary(np.float32), point_constants(np.float32))
 
 block_sum, _ = D.block_reductions(globals())
 

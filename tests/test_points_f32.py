@@ -59,6 +59,14 @@ def _args(name, rng):
     return None if columns is None else [np.asarray(c, np.float32) for c in columns]
 
 
+@pytest.mark.parametrize("fn", pw.POINT_FUNCTIONS, ids=lambda f: f.__name__)
+def test_point_functions_hold_no_number_literal(fn):
+    """A float literal (``0.5 * z``, ``return 1.0``) would be float64 in every compilation: the
+    numbers are POINT_CONSTANTS' names, bound per precision."""
+    numbers = [c for c in fn.__code__.co_consts if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    assert not numbers, f"{fn.__name__} holds literals {numbers}"
+
+
 def test_float32_constants_equal_the_float64_ones_where_exact():
     c32, c64 = pw.point_constants(np.float32), pw.point_constants(np.float64)
     assert set(c32) == set(c64) == set(pw.POINT_CONSTANTS)

@@ -19,11 +19,11 @@ from ..._math import exp, log, log1p  # noqa: F401
 #     fastloss._math's vectorisable ones on the CPU), the constants of POINT_CONSTANTS and calls to other
 #     functions of this section, all by plain name;
 #   - no NumPy, no arrays, no closures, no other globals;
-#   - keep the names stable: the CUDA twin refers to them.
-# Comparisons are written so that NaN falls through to the branch PyTorch takes (a comparison with NaN
-# is false), which is how NaN propagates -- or not -- exactly as in torch.
+#   - keep the names stable: the CUDA twin refers to them;
 #   - no number literal used as a value: the constants of POINT_CONSTANTS by name (a literal in a
 #     comparison would be harmless, but the names are used there too, for one rule).
+# Comparisons are written so that NaN falls through to the branch PyTorch takes (a comparison with NaN
+# is false), which is how NaN propagates -- or not -- exactly as in torch.
 # The precision a loss is evaluated in is the arguments' and constants' the caller compiles with:
 #   - CPU, P (blocks.py): float64 constants and arguments (float32 data widened on load with
 #     np.float64), every loss in float64, rounded once when stored;
@@ -31,9 +31,12 @@ from ..._math import exp, log, log1p  # noqa: F401
 #     and the focal loss of float32 data (float32 exp / log1p; the block sums are float64);
 #   - CUDA, P64 / P32 (pointwise_cuda/kernels.py): float64 data in float64; float32 data in float32
 #     throughout, with the GPU's float32 exp / log / log1p (float64 runs at 1/32-1/64 rate on consumer
-#     GPUs), within the project's 2e-5 of a float64 reference; the kernels sum in float64.
-# An argument of the other precision (a float64 option next to float32 data) widens the arithmetic it
-# touches to float64: the kernels pass options in the data's precision.
+#     GPUs); the kernels sum in float64. Within the project's 2e-5 of a float64 reference except where
+#     a formula subtracts nearly equal terms, as torch's float32 kernels do (tests/test_points_f32.py
+#     names those regimes; see poisson_nll_loss below).
+# An argument of the other precision (a float64 option or default next to float32 data) widens the
+# arithmetic it touches to float64: float32 kernels must pass their options (beta, eps, ...) and absent
+# operands' defaults (target 0, pos_weight 1) as float32.
 
 #: Floor of BCE's logarithms (PyTorch clamps log(x) and log(1 - x) at -100).
 BCE_LOG_FLOOR = -100.0
@@ -272,6 +275,11 @@ def kl_div_log_target_point_grad(x, t):
 
 
 # --- poisson_nll_loss -------------------------------------------------------------------------------
+# In float32 (CUDA's P32), full=True at a good fit of a large count (x near log t, t ~ 1000) sums terms
+# of size t log t into a result of size 0.5 log(2 pi t), losing ~1e-4 of it per element (as torch's
+# float32 kernel). Kept in float32 all the same: float64 would need t x, Stirling's term and its log in
+# float64 (tens of float64 instructions per element, compute-bound on consumer GPUs), and these
+# rounding errors, of either sign, largely cancel in a mean over many elements.
 def stirling_point(t):
     """Stirling's term t log(t) - t + 0.5 log(2 pi t) of log(t!), 0 where t <= 1 (torch's full=True)."""
     if t <= ONE:

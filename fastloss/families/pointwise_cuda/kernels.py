@@ -4,9 +4,10 @@ The one-point functions are *not* rewritten here: the very functions of ``pointw
 are compiled with ``cuda.jit(device=True)`` (``compile_point_functions``), twice: for float64 data with
 CUDA's float64 ``exp``/``log``/``log1p``, and for float32 data with the float32 ones (libdevice's
 ``__nv_expf`` etc., ``ex2.approx.f32``/``lg2.approx.f32`` at heart, several times faster than float64,
-32-64x on consumer GPUs). The one-point formulas' constants are Python floats, so the cheap arithmetic
-around them runs in float64 either way; the transcendentals, which dominate, run in the data's precision
-(float32 results are within a few float32 ulps, far inside the project's 2e-5).
+32-64x on consumer GPUs). Each compilation binds the formulas' constants in its precision
+(``point_constants``), so with float32 arguments the one-point maths is float32 throughout
+(``tests/test_cuda_points.py`` reads the PTX); a float64 argument (an option, an absent operand's
+default) widens what it touches.
 
 Two grid-stride kernels per precision serve every loss. Each thread walks elements ``i, i + gridsize,
 ...``; per element it evaluates the loss ``f`` and its derivative ``d``, stores ``w * f`` for

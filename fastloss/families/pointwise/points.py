@@ -535,8 +535,9 @@ def compile_point_functions(compile_one, elementary, constants=None):
     The plain functions call each other by name; each is re-bound to a namespace in which those names
     (and ``exp``/``log``/``log1p``, ``math`` and ``POINT_CONSTANTS``) are the compiled versions for the
     target, so the same source serves the CPU and CUDA. ``constants`` overrides entries of
-    ``POINT_CONSTANTS``: ``point_constants(np.float32)`` for float32 arithmetic. The returned object is a module so that jitted
-    kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at compile time).
+    ``POINT_CONSTANTS``: ``point_constants(np.float32)`` for float32 arithmetic. The returned object is
+    a module so that jitted kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at
+    compile time).
     """
     namespace = {"math": math, **POINT_CONSTANTS, **(constants or {}), **elementary}
     compiled = types.ModuleType(f"{__name__}.points")

@@ -9,14 +9,13 @@ import numpy as np
 from ..._jit import device, kernel
 from ..._math import exp, expf, log, log1p, log1pf, logf
 from .loops import _chunk, _chunk32, _direct
-from .points import compile_point_functions
+from .points import compile_point_functions, point_constants
 
-#: The one-point functions compiled for the CPU (inlined into the loops below).
-P = compile_point_functions(device, {"exp": exp, "log": log, "log1p": log1p})
-#: The same, in float32 arithmetic (for the functions written with ZERO / ONE): BCE with logits of
-#: float32 data, whose exp and log1p in float64 made that loss compute-bound.
-P32 = compile_point_functions(device, {"exp": expf, "log": logf, "log1p": log1pf},
-                              {"ZERO": np.float32(0.0), "ONE": np.float32(1.0)})
+#: The one-point functions compiled for the CPU (inlined into the loops below), in float64.
+P = compile_point_functions(device, {"exp": exp, "log": log, "log1p": log1p}, point_constants(np.float64))
+#: The same, in float32 arithmetic: BCE with logits, soft margin and the focal loss of float32 data,
+#: whose exp and log1p in float64 made those losses compute-bound.
+P32 = compile_point_functions(device, {"exp": expf, "log": logf, "log1p": log1pf}, point_constants(np.float32))
 
 
 # --- (a) the block loops: f[j], d[j] = loss of element j and its derivative w.r.t. xs[j] ----------

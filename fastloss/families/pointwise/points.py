@@ -19,12 +19,24 @@ from ..._math import exp, log, log1p  # noqa: F401
 #     fastloss._math's vectorisable ones on the CPU), the constants of POINT_CONSTANTS and calls to other
 #     functions of this section, all by plain name;
 #   - no NumPy, no arrays, no closures, no other globals;
-#   - keep the names stable: the CUDA twin refers to them.
+#   - keep the names stable: the CUDA twin refers to them;
+#   - no number literal used as a value: the constants of POINT_CONSTANTS by name (a literal in a
+#     comparison would be harmless, but the names are used there too, for one rule).
 # Comparisons are written so that NaN falls through to the branch PyTorch takes (a comparison with NaN
 # is false), which is how NaN propagates -- or not -- exactly as in torch.
-# The kernels call them with float64 arguments (float32 data is widened on load with np.float64;
-# Numba's float() would keep float32), so every loss is evaluated in float64 and rounded once when
-# stored.
+# The precision a loss is evaluated in is the arguments' and constants' the caller compiles with:
+#   - CPU, P (blocks.py): float64 constants and arguments (float32 data widened on load with
+#     np.float64), every loss in float64, rounded once when stored;
+#   - CPU, P32 (blocks.py): float32 constants and float32 arguments, for BCE with logits, soft margin
+#     and the focal loss of float32 data (float32 exp / log1p; the block sums are float64);
+#   - CUDA, P64 / P32 (pointwise_cuda/kernels.py): float64 data in float64; float32 data in float32
+#     throughout, with the GPU's float32 exp / log / log1p (float64 runs at 1/32-1/64 rate on consumer
+#     GPUs); the kernels sum in float64. Within the project's 2e-5 of a float64 reference except where
+#     a formula subtracts nearly equal terms, as torch's float32 kernels do (tests/test_points_f32.py
+#     names those regimes; see poisson_nll_loss below).
+# An argument of the other precision (a float64 option or default next to float32 data) widens the
+# arithmetic it touches to float64: float32 kernels must pass their options (beta, eps, ...) and absent
+# operands' defaults (target 0, pos_weight 1) as float32.
 
 #: Floor of BCE's logarithms (PyTorch clamps log(x) and log(1 - x) at -100).
 BCE_LOG_FLOOR = -100.0
@@ -34,24 +46,42 @@ BCE_GRAD_EPS = 9.999999960041972e-13
 #: Floor of |target| in MAPE: float64's machine epsilon, as sklearn.metrics.mean_absolute_percentage_error.
 MAPE_EPS = 2.220446049250313e-16
 
-#: The constants the one-point functions may use, by name (compile_point_functions binds them).
-#: ZERO and ONE are the literals of the functions that also serve float32 arithmetic (BCE with logits):
-#: compiled with float32 ZERO / ONE (see P32), they keep float32 operands in float32.
-ZERO, ONE, NEG_INF = 0.0, 1.0, -math.inf
 #: 0.5 log(2 pi): the constant term of the Gaussian NLL (full=True) and of Stirling's approximation.
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Every number the one-point functions use, by name: the functions hold no literal, so that compiled
+#: with the constants of one precision (point_constants) and called with arguments of that precision,
+#: their arithmetic stays in it (Numba widens float32 op float64 to float64, and unifies a float32
+#: return with a float64 one to float64).
+ZERO, HALF, ONE, TWO, THREE, NEG_ONE, NEG_INF = 0.0, 0.5, 1.0, 2.0, 3.0, -1.0, -math.inf
 POINT_CONSTANTS = {"BCE_LOG_FLOOR": BCE_LOG_FLOOR, "BCE_GRAD_EPS": BCE_GRAD_EPS, "MAPE_EPS": MAPE_EPS,
-                   "HALF_LOG_2PI": HALF_LOG_2PI,
-                   "ZERO": ZERO, "ONE": ONE, "NEG_INF": NEG_INF}
+                   "HALF_LOG_2PI": HALF_LOG_2PI, "ZERO": ZERO, "HALF": HALF, "ONE": ONE, "TWO": TWO,
+                   "THREE": THREE, "NEG_ONE": NEG_ONE, "NEG_INF": NEG_INF}
+
+
+def point_constants(dtype):
+    """``POINT_CONSTANTS`` as scalars of ``dtype`` (``np.float32`` or ``np.float64``), for the
+    ``constants`` of :func:`compile_point_functions`.
+
+    With ``np.float32`` every constant is the float32 nearest to its float64 value: -100, 1e-12 (BCE's
+    floors, already float32 numbers), float64's epsilon 2**-52 and the small integers are exact, and
+    HALF_LOG_2PI rounds by 3e-8 relative. With ``np.float64`` the values are ``POINT_CONSTANTS``'
+    own.
+
+    >>> import numpy as np
+    >>> c = point_constants(np.float32)
+    >>> c["HALF"], c["HALF"].dtype, c["BCE_LOG_FLOOR"] == BCE_LOG_FLOOR
+    (np.float32(0.5), dtype('float32'), np.True_)
+    """
+    return {name: dtype(value) for name, value in POINT_CONSTANTS.items()}
 
 
 def sign_point(r):
     """sign(r) in {-1, 0, 1}, with sign(0) = sign(NaN) = 0 (torch's sign, hence the gradient of |r|)."""
-    if r > 0.0:
-        return 1.0
-    if r < 0.0:
-        return -1.0
-    return 0.0
+    if r > ZERO:
+        return ONE
+    if r < ZERO:
+        return NEG_ONE
+    return ZERO
 
 
 def l1_point(r):
@@ -71,15 +101,15 @@ def mse_point(r):
 
 def mse_point_grad(r):
     """d(r**2)/dr = 2 r."""
-    return 2.0 * r
+    return TWO * r
 
 
 def smooth_l1_point(r, beta):
     """Smooth L1 of r: 0.5 r**2 / beta where |r| < beta, else |r| - 0.5 beta (|r| when beta == 0)."""
     z = abs(r)
     if z < beta:
-        return 0.5 * z * z / beta
-    return z - 0.5 * beta
+        return HALF * z * z / beta
+    return z - HALF * beta
 
 
 def smooth_l1_point_grad(r, beta):
@@ -88,12 +118,12 @@ def smooth_l1_point_grad(r, beta):
     torch sends beta == 0 to l1_loss's backward, whose slope at r == 0 is 0 (not -1 as the
     ``r <= -beta`` branch would give).
     """
-    if beta == 0.0:
+    if beta == ZERO:
         return sign_point(r)
     if r <= -beta:
-        return -1.0
+        return NEG_ONE
     if r >= beta:
-        return 1.0
+        return ONE
     return r / beta
 
 
@@ -101,8 +131,8 @@ def huber_point(r, delta):
     """Huber of r: 0.5 r**2 where |r| < delta, else delta (|r| - 0.5 delta)."""
     z = abs(r)
     if z < delta:
-        return 0.5 * z * z
-    return delta * (z - 0.5 * delta)
+        return HALF * z * z
+    return delta * (z - HALF * delta)
 
 
 def huber_point_grad(r, delta):
@@ -146,12 +176,12 @@ def bce_point(x, t):
     """
     log_x = clamp_below(log(x), BCE_LOG_FLOOR)
     log_1mx = clamp_below(log1p(-x), BCE_LOG_FLOOR)
-    return (t - 1.0) * log_1mx - t * log_x
+    return (t - ONE) * log_1mx - t * log_x
 
 
 def bce_point_grad(x, t):
     """d bce / dx = (x - t) / max((1 - x) x, EPSILON), torch's backward (finite at x = 0 and x = 1)."""
-    return (x - t) / clamp_below((1.0 - x) * x, BCE_GRAD_EPS)
+    return (x - t) / clamp_below((ONE - x) * x, BCE_GRAD_EPS)
 
 
 def exp_neg_abs_point(x):
@@ -219,8 +249,8 @@ def xlogy_point(a, b):
     """a log(b) with 0 where a == 0, NaN where b is NaN (torch.xlogy)."""
     if b != b:
         return b
-    if a == 0.0:
-        return 0.0
+    if a == ZERO:
+        return ZERO
     return a * log(b)
 
 
@@ -245,11 +275,16 @@ def kl_div_log_target_point_grad(x, t):
 
 
 # --- poisson_nll_loss -------------------------------------------------------------------------------
+# In float32 (CUDA's P32), full=True at a good fit of a large count (x near log t, t ~ 1000) sums terms
+# of size t log t into a result of size 0.5 log(2 pi t), losing ~1e-4 of it per element (as torch's
+# float32 kernel). Kept in float32 all the same: float64 would need t x, Stirling's term and its log in
+# float64 (tens of float64 instructions per element, compute-bound on consumer GPUs), and these
+# rounding errors, of either sign, largely cancel in a mean over many elements.
 def stirling_point(t):
     """Stirling's term t log(t) - t + 0.5 log(2 pi t) of log(t!), 0 where t <= 1 (torch's full=True)."""
-    if t <= 1.0:
-        return 0.0
-    return t * log(t) - t + 0.5 * log(t) + HALF_LOG_2PI
+    if t <= ONE:
+        return ZERO
+    return t * log(t) - t + HALF * log(t) + HALF_LOG_2PI
 
 
 def poisson_nll_log_point(x, t):
@@ -269,7 +304,7 @@ def poisson_nll_point(x, t, eps):
 
 def poisson_nll_point_grad(x, t, eps):
     """d / dx = 1 - t / (x + eps)."""
-    return 1.0 - t / (x + eps)
+    return ONE - t / (x + eps)
 
 
 def poisson_nll_log_full_point(x, t):
@@ -288,7 +323,7 @@ def poisson_nll_full_point(x, t, eps):
 def gaussian_nll_point(r, v, eps):
     """0.5 (log(max(v, eps)) + r**2 / max(v, eps)) of the residual r = input - target and variance v."""
     vc = clamp_below(v, eps)
-    return 0.5 * (log(vc) + r * r / vc)
+    return HALF * (log(vc) + r * r / vc)
 
 
 def gaussian_nll_full_point(r, v, eps):
@@ -304,7 +339,7 @@ def gaussian_nll_point_grad(r, v, eps):
 def gaussian_nll_point_grad_var(r, v, eps):
     """d / d var = 0.5 (1 / vc - r**2 / vc**2) at vc = max(v, eps) (straight through the clamp)."""
     vc = clamp_below(v, eps)
-    return 0.5 * (1.0 - r * r / vc) / vc
+    return HALF * (ONE - r * r / vc) / vc
 
 
 # --- soft_margin_loss -------------------------------------------------------------------------------
@@ -330,7 +365,6 @@ def soft_margin_point_grad(x, y):
 
 
 # --- sigmoid_focal_loss (torchvision.ops) -----------------------------------------------------------
-# Written with ZERO / ONE (not 0.0 / 1.0) so that the float32 compilation (P32) stays in float32.
 # (1 - p_t)**gamma and its derivative gamma (1 - p_t)**(gamma - 1), as pairs (focal_powN, focal_dpowN)
 # of q = 1 - p_t: the CPU kernels pick the pair for gamma once per block (a loop that selected among
 # them per element evaluated every one of them), focal_power / focal_power_grad pick it per element.
@@ -395,26 +429,26 @@ def focal_dpow(q, gamma):
 
 def focal_power(q, gamma):
     """q**gamma, by the pair for gamma (integer gammas 0 to 3 by multiplication)."""
-    if gamma == 2.0:
+    if gamma == TWO:
         return focal_pow2(q, gamma)
-    if gamma == 0.0:
+    if gamma == ZERO:
         return focal_pow0(q, gamma)
-    if gamma == 1.0:
+    if gamma == ONE:
         return focal_pow1(q, gamma)
-    if gamma == 3.0:
+    if gamma == THREE:
         return focal_pow3(q, gamma)
     return focal_pow(q, gamma)
 
 
 def focal_power_grad(q, gamma):
     """gamma q**(gamma - 1), 0 at q == 0 and for gamma == 0 (see focal_power)."""
-    if gamma == 2.0:
+    if gamma == TWO:
         return focal_dpow2(q, gamma)
-    if gamma == 0.0:
+    if gamma == ZERO:
         return focal_dpow0(q, gamma)
-    if gamma == 1.0:
+    if gamma == ONE:
         return focal_dpow1(q, gamma)
-    if gamma == 3.0:
+    if gamma == THREE:
         return focal_dpow3(q, gamma)
     return focal_dpow(q, gamma)
 
@@ -501,8 +535,9 @@ def compile_point_functions(compile_one, elementary, constants=None):
     The plain functions call each other by name; each is re-bound to a namespace in which those names
     (and ``exp``/``log``/``log1p``, ``math`` and ``POINT_CONSTANTS``) are the compiled versions for the
     target, so the same source serves the CPU and CUDA. ``constants`` overrides entries of
-    ``POINT_CONSTANTS`` (the float32 ZERO and ONE of P32). The returned object is a module so that jitted
-    kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at compile time).
+    ``POINT_CONSTANTS``: ``point_constants(np.float32)`` for float32 arithmetic. The returned object is
+    a module so that jitted kernels can call ``P.l1_point(r)`` (Numba resolves module attributes at
+    compile time).
     """
     namespace = {"math": math, **POINT_CONSTANTS, **(constants or {}), **elementary}
     compiled = types.ModuleType(f"{__name__}.points")
@@ -516,4 +551,4 @@ def compile_point_functions(compile_one, elementary, constants=None):
 
 #: What ``from .points import *`` gives the package: the one-point functions and their constants.
 __all__ = [fn.__name__ for fn in POINT_FUNCTIONS] + list(POINT_CONSTANTS) + [
-    "BCE_LOG_FLOOR", "BCE_GRAD_EPS", "MAPE_EPS", "HALF_LOG_2PI", "POINT_CONSTANTS", "POINT_FUNCTIONS", "compile_point_functions"]
+    "POINT_CONSTANTS", "POINT_FUNCTIONS", "compile_point_functions", "point_constants"]

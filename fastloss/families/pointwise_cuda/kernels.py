@@ -4,9 +4,10 @@ The one-point functions are *not* rewritten here: the very functions of ``pointw
 are compiled with ``cuda.jit(device=True)`` (``compile_point_functions``), twice: for float64 data with
 CUDA's float64 ``exp``/``log``/``log1p``, and for float32 data with the float32 ones (libdevice's
 ``__nv_expf`` etc., ``ex2.approx.f32``/``lg2.approx.f32`` at heart, several times faster than float64,
-32-64x on consumer GPUs). The one-point formulas' constants are Python floats, so the cheap arithmetic
-around them runs in float64 either way; the transcendentals, which dominate, run in the data's precision
-(float32 results are within a few float32 ulps, far inside the project's 2e-5).
+32-64x on consumer GPUs). Each compilation binds the formulas' constants in its precision
+(``point_constants``), so with float32 arguments the one-point maths is float32 throughout
+(``tests/test_cuda_points.py`` reads the PTX); a float64 argument (an option, an absent operand's
+default) widens what it touches.
 
 Two passes serve every loss, each written once as a template and compiled per loss and per case
 (``_cuda_arrays.kernel_factory``: built on first use, once per key, so only the combinations a program
@@ -43,7 +44,7 @@ from numba import cuda, float32, float64
 from ... import _cuda_arrays as D
 from ... import _cuda_vector as V
 from ..._cuda_arrays import TPB, incoming_at
-from ..pointwise import compile_point_functions
+from ..pointwise import compile_point_functions, point_constants
 
 
 
@@ -83,9 +84,10 @@ def _elementary(dtype):
     return {"exp": math.exp, "log": math.log, "log1p": math.log1p}
 
 
-#: The one-point functions of pointwise.py, compiled as CUDA device functions for float64 and float32 data.
-P64 = compile_point_functions(cuda.jit(device=True), _elementary(np.float64))
-P32 = compile_point_functions(cuda.jit(device=True), _elementary(np.float32))
+#: The one-point functions of pointwise.py, compiled as CUDA device functions for float64 and float32 data:
+#: P32 with float32 constants, so that with float32 arguments each is float32 arithmetic throughout.
+P64 = compile_point_functions(cuda.jit(device=True), _elementary(np.float64), point_constants(np.float64))
+P32 = compile_point_functions(cuda.jit(device=True), _elementary(np.float32), point_constants(np.float32))
 
 block_sum, _ = D.block_reductions(globals())
 

@@ -21,6 +21,11 @@ modules = ["fastloss._cuda_arrays", "fastloss.families.ctc_cuda", "fastloss.fami
            "fastloss.families.margin_cuda", "fastloss.families.ranking_cuda", "fastloss.families.triplet_cuda",
            "fastloss.families.pointwise_cuda.kernels", "fastloss.families.pointwise_cuda.logloss",
            "fastloss.families.softmax_cuda.ce_kernels", "fastloss.families.softmax_cuda.softmax_kernels"]
+from fastloss.families.pointwise_cuda import kernels as PK  # kernels made per key: make a few
+for width in (1, 4):
+    PK.fast_kernel("float32", PK.MSE, PK.FULL, PK.ABSENT, PK.SCALAR, False, True, width)
+PK.fast_kernel("float64", PK.BCE_LOGITS, PK.FULL, PK.FULL, PK.FULL, True, True, 2)
+PK.broadcast_kernel("float32", PK.HUBER, True, False)
 kernels = {}
 for name in modules:
     mod = importlib.import_module(name)

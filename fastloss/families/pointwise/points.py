@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import types
 
+import numpy as np
+
 # The plain functions call exp/log/log1p by name: bound here to fastloss._math's, and re-bound per
 # target by compile_point_functions.
 from ..._math import exp, log, log1p  # noqa: F401
@@ -72,7 +74,8 @@ def point_constants(dtype):
     >>> c["HALF"], c["HALF"].dtype, c["BCE_LOG_FLOOR"] == BCE_LOG_FLOOR
     (np.float32(0.5), dtype('float32'), np.True_)
     """
-    return {name: dtype(value) for name, value in POINT_CONSTANTS.items()}
+    scalar = np.dtype(dtype).type  # np.float32, "float32" or np.dtype("float32") alike
+    return {name: scalar(value) for name, value in POINT_CONSTANTS.items()}
 
 
 def sign_point(r):

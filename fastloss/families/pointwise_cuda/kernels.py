@@ -13,7 +13,8 @@ Two passes serve every loss, each written once as a template and compiled per lo
 (``_cuda_arrays.kernel_factory``: built on first use, once per key, so only the combinations a program
 calls are ever compiled). Each thread walks its share of the elements; per element it evaluates the
 loss ``f`` and its derivative ``d``, stores ``w * f`` for ``reduction='none'`` and the gradient
-``gscale * grad_output * w * d`` in the same pass, and adds ``w * f`` to a float64 running sum. The
+``gscale * grad_output * w * d`` in the same pass (all in the data's precision), and adds ``w * f`` to a
+float64 running sum. The
 block's threads combine their sums in shared memory, each block leaves one partial, and one more block
 adds the partials in a fixed order: deterministic, no float atomics.
 
@@ -166,7 +167,7 @@ def _point(a, x, t, pw):
     if KIND == GAUSSIAN_FULL:
         return P.gaussian_nll_full_point(x - t, pw, a), P.gaussian_nll_point_grad(x - t, pw, a)
     if KIND == GAUSSIAN_VAR:
-        return 0.0, P.gaussian_nll_point_grad_var(x - t, pw, a)
+        return ZERO, P.gaussian_nll_point_grad_var(x - t, pw, a)
     if KIND == SOFT_MARGIN:
         return P.soft_margin_point(x, t), P.soft_margin_point_grad(x, t)
     return P.sigmoid_focal_point(x, t, pw, a), P.sigmoid_focal_point_grad(x, t, pw, a)
@@ -180,7 +181,8 @@ def point_function(dtype: str, kind: int):
     """The device function ``(a, x, t, pw) -> (loss, derivative)`` of loss ``kind`` for ``dtype`` data."""
     if kind not in range(N_KINDS):
         raise ValueError(f"unknown pointwise loss id {kind!r}")
-    return cuda.jit(device=True)(_specialise(_point, f"point_{dtype}_{kind}", P=_DTYPES[dtype][1], KIND=kind))
+    return cuda.jit(device=True)(_specialise(_point, f"point_{dtype}_{kind}", P=_DTYPES[dtype][1], KIND=kind,
+                                             ZERO=point_constants(dtype)["ZERO"]))
 
 
 @cuda.jit(device=True)
@@ -218,9 +220,10 @@ def _fast(a, x, t, w, pw, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout, 
     ``v2.f64`` when the host found every pointer 16-byte aligned; ``W = 1``, plain scalar accesses,
     otherwise). The last ``n % W`` elements go one each to the grid's first threads.
 
-    Leaves this block's float64 sum of ``w * f`` in ``parts[blockIdx]``. Target, weight and pos_weight
-    enter the loss in float64, the input in its own dtype (whose transcendentals are then its own: see
-    the module docstring).
+    Leaves this block's float64 sum of ``w * f`` in ``parts[blockIdx]``. Every per-element operation is
+    in the data's precision ``DTYPE`` (float32 data: float32 arithmetic and transcendentals, see the
+    module docstring): the loss's parameter ``a`` and the gradient's factor are rounded to it once per
+    thread; only the running sum is float64.
     """
     buf = cuda.shared.array(TPB, float64)
     xs = cuda.local.array(W, DTYPE)  # the lanes of one step; constant indices only: registers
@@ -231,12 +234,14 @@ def _fast(a, x, t, w, pw, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout, 
     vs = cuda.local.array(W, DTYPE)
     ds = cuda.local.array(W, DTYPE)
     acc = 0.0
+    ad = DTYPE(a)
     factor = gradient_factor(gscale, den_buf, den_mode) if WANT_GRAD else 0.0
     # operands equal for every element, read once per thread
-    t_all = float64(t[0]) if TM == SCALAR else 0.0
-    w_all = float64(w[0]) if WM == SCALAR else 1.0
-    pw_all = float64(pw[0]) if PWM == SCALAR else 1.0
-    g_all = incoming_at(gs, gv, gstep, 0) if WANT_GRAD else 0.0
+    t_all = DTYPE(t[0]) if TM == SCALAR else DTYPE(0.0)
+    w_all = DTYPE(w[0]) if WM == SCALAR else DTYPE(1.0)
+    pw_all = DTYPE(pw[0]) if PWM == SCALAR else DTYPE(1.0)
+    g_all = DTYPE(factor * incoming_at(gs, gv, gstep, 0)) if WANT_GRAD else DTYPE(0.0)  # gstep <= 0
+    g_each = DTYPE(factor * gs)  # times grad_output_i (gstep > 0)
     n = x.shape[0]
     n_steps = n // W  # W is a power of two: a shift
     i = cuda.grid(1)
@@ -254,14 +259,13 @@ def _fast(a, x, t, w, pw, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout, 
             if WANT_GRAD and gstep > 0:
                 vload(gv, j, gvs)
             for k in range(W):
-                wk = float64(ws[k]) if WM == FULL else w_all
-                f, d = point(a, xs[k], float64(ts[k]) if TM == FULL else t_all,
-                             float64(pws[k]) if PWM == FULL else pw_all)
+                wk = ws[k] if WM == FULL else w_all
+                f, d = point(ad, xs[k], ts[k] if TM == FULL else t_all, pws[k] if PWM == FULL else pw_all)
                 v = wk * f
-                acc += v
+                acc += float64(v)
                 vs[k] = v
                 if WANT_GRAD:
-                    ds[k] = factor * (gs * float64(gvs[k]) if gstep > 0 else g_all) * wk * d
+                    ds[k] = (g_each * gvs[k] if gstep > 0 else g_all) * wk * d
             if STORE:
                 vstore(vout, j, vs)
             if WANT_GRAD:
@@ -269,14 +273,14 @@ def _fast(a, x, t, w, pw, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout, 
         i += stride
     j = n_steps * W + cuda.grid(1)
     if W > 1 and j < n:
-        wk = float64(w[j]) if WM == FULL else w_all
-        f, d = point(a, x[j], float64(t[j]) if TM == FULL else t_all, float64(pw[j]) if PWM == FULL else pw_all)
+        wk = w[j] if WM == FULL else w_all
+        f, d = point(ad, x[j], t[j] if TM == FULL else t_all, pw[j] if PWM == FULL else pw_all)
         v = wk * f
-        acc += v
+        acc += float64(v)
         if STORE:
             vout[j] = v
         if WANT_GRAD:
-            gout[j] = factor * incoming_at(gs, gv, gstep, j) * wk * d
+            gout[j] = (g_each * gv[j] if gstep > 0 else g_all) * wk * d
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
         parts[cuda.blockIdx.x] = total
@@ -284,23 +288,25 @@ def _fast(a, x, t, w, pw, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout, 
 
 def _broadcast(a, x, t, tq, tp, w, wq, wp, pw, pwq, pwp, vout, gscale, gs, gv, gstep, den_buf, den_mode, gout,
                iters, parts):
-    """As the fast pass (``W = 1``), with broadcast operands ``(flat, q, p)`` (see :func:`operand`)."""
+    """As the fast pass (``W = 1``, arithmetic in ``DTYPE``), with broadcast operands ``(flat, q, p)``
+    (see :func:`operand`)."""
     buf = cuda.shared.array(TPB, float64)
     acc = 0.0
+    ad = DTYPE(a)
     factor = gradient_factor(gscale, den_buf, den_mode) if WANT_GRAD else 0.0
     n = x.shape[0]
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     for _ in range(iters):
         if i < n:
-            wi = operand(w, wq, wp, i, 1.0)
-            f, d = point(a, x[i], operand(t, tq, tp, i, 0.0), operand(pw, pwq, pwp, i, 1.0))
+            wi = DTYPE(operand(w, wq, wp, i, 1.0))
+            f, d = point(ad, x[i], DTYPE(operand(t, tq, tp, i, 0.0)), DTYPE(operand(pw, pwq, pwp, i, 1.0)))
             v = wi * f
-            acc += v
+            acc += float64(v)
             if STORE:
                 vout[i] = v
             if WANT_GRAD:
-                gout[i] = factor * incoming_at(gs, gv, gstep, i) * wi * d
+                gout[i] = DTYPE(factor * incoming_at(gs, gv, gstep, i)) * wi * d
         i += stride
     total = block_sum(buf, acc)
     if cuda.threadIdx.x == 0:
@@ -332,7 +338,7 @@ def broadcast_kernel(dtype, kind, store, want_grad):
     ``want_grad``, built on first use, once per key."""
     _check_key(dtype, kind, store, want_grad)
     return _kernel(_broadcast, f"_broadcast_{dtype}_{kind}_{int(store)}{int(want_grad)}",
-                   point=point_function(dtype, kind), STORE=store, WANT_GRAD=want_grad)
+                   point=point_function(dtype, kind), DTYPE=_DTYPES[dtype][0], STORE=store, WANT_GRAD=want_grad)
 
 
 @D.jit_kernel

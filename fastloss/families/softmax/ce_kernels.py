@@ -214,6 +214,20 @@ def _small_exp(os, xs, m, inplace):
     return s
 
 
+@_jit.device
+def _small_sum_same(es):
+    """``sum(es)`` as float64, summed in ``es``'s precision over blocks of ``_BLOCK`` (as
+    :func:`.rows._row_exp`: float64 accumulators would halve the float32 lanes)."""
+    s = 0.0
+    for lo in range(0, es.size, _BLOCK):
+        blk = es[lo:lo + _BLOCK]
+        acc = es.dtype.type(0)
+        for c in range(blk.size):
+            acc += blk[c]
+        s += acc
+    return s
+
+
 # The small kernels take these primitives inlined (compiled from the same source), not as kernels
 # of their own: a first call then compiles one kernel, not four, and a warm one loads one from the cache.
 _small_scan = _jit.device(_index_scan.py_func)
@@ -237,62 +251,127 @@ def _row_factor(i, g, gvec, mean, den):
 _small_loop = _jit.kernel(parallel=False, nrt=False)
 
 
+#: Elements of a block of rows of :func:`_ce_index_small`: its passes re-read the block from L1
+#: (8 KiB of float32, 16 KiB of float64; a row longer than this is a block of its own).
+_SMALL_BLOCK = 2048
+
+
+@_jit.device
+def _small_block_rows(n_cls):
+    """Rows in a block of :func:`_ce_index_small` (at least one)."""
+    return max(1, _SMALL_BLOCK // n_cls)
+
+
+def small_scratch(n_rows, n_cls, dtype):
+    """The scratch ``row`` of a value-only :func:`_ce_index_small` call: one block of exponentials."""
+    return np.empty(min(n_rows, _small_block_rows.py_func(n_cls)) * n_cls, dtype)
+
+
 @_small_loop
 def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
     may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
-    it is empty; ``row`` (of ``C`` floats, or any size with ``with_grad``) is scratch for the exponentials
-    of a value-only call.
+    it is empty; ``row`` is scratch for the exponentials of a value-only call, of at least
+    ``min(R, _small_block_rows(C)) * C`` floats (:func:`small_scratch`; any size with ``with_grad``).
 
     Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
     the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
     and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
     first: the divisor scales every row's gradient.
 
-    One row at a time in plain loops, the gradient straight from ``exp(x - max)``: small calls spend
-    their time in fixed costs, and a first call with an empty Numba cache compiles this kernel alone,
-    a few seconds less than the pipelined row kernels or the transposed tiles of the short rows.
+    Short rows cost more in per-row overhead than in arithmetic, so the exponentials are not taken
+    row by row: a block of rows is handled in three passes, each of which the next re-reads from L1.
+
+    1. Per row: ``m = max(x)``, ``d = x - m`` into the exponentials' buffer (the gradient, or
+       ``row``), and the part of the loss that reads ``x``: with ``a_c`` the weight on ``-log p_c``
+       (see the module) and ``S = sum_c a_c``, the loss is ``S log(s) - sum_c a_c d_c`` with
+       ``s = sum_c exp(d_c)``; ``r = sum_c a_c d_c`` (float64, from ``x``: ``x`` may be overwritten
+       by the gradient) goes to the row's loss at once.
+    2. ``exp(d)`` over the whole block in one flat loop, long enough to vectorise.
+    3. Per row: ``s`` (float32 partial sums over blocks of ``_BLOCK``, as :func:`.rows._row_exp`),
+       the loss ``S log(s) - r`` and the gradient ``k (exp(d) S / s - a)``.
+
+    Each loop touches one array or reads one and writes another that never overlaps it, so a value,
+    a gradient into a new buffer and one in place give the same bits. A first call with an empty
+    Numba cache compiles this kernel alone, a few seconds less than the pipelined row kernels or the
+    transposed tiles of the short rows.
     """
-    n_cls = x.shape[1]
+    n_rows, n_cls = x.shape
     den, bad = _small_scan(t, w, ignore_index, n_cls)
     if bad >= 0:
         return 0.0, den, bad
     e_c = eps / n_cls
     wsum = _small_sum(w) if eps > 0.0 else 0.0
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    per_block = _small_block_rows(n_cls)
     total = 0.0
-    for i in range(x.shape[0]):
-        xs = x[i]
-        ti = t[i]
-        ignored = ti == ignore_index
-        m = _small_max(xs)
-        # what the loss needs, read before the gradient may overwrite xs (in place)
-        wt = 0.0 if ignored else np.float64(w[ti])
-        xt = 0.0 if ignored else np.float64(xs[ti])
-        dot = _small_dot(xs, w) if eps > 0.0 and not ignored else 0.0
-        os = out[i] if with_grad else row
-        s = _small_exp(os, xs, m, inplace)
-        lse = m + log(s)
-        li = 0.0
-        big_s = 0.0
-        if not ignored:
-            li = (1.0 - eps) * wt * (lse - xt)
-            if eps > 0.0:
-                li += e_c * (wsum * lse - dot)
-            big_s = (1.0 - eps) * wt + e_c * wsum
-        if loss.size:
-            loss[i] = li
-        total += li
-        if with_grad:
-            k = 0.0 if ignored else _row_factor(i, g, gvec, mean, den)
-            et = 0.0 if ignored else np.float64(os[ti])
-            a = os.dtype.type(k * big_s / s)
-            b = os.dtype.type(k * e_c)
-            for c in range(n_cls):
-                os[c] = os[c] * a - b * w[c]
-            if not ignored:
-                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total, den, -1
+    run_s, prod = 0.0, 1.0
+    for lo in range(0, n_rows, per_block):
+        hi = min(lo + per_block, n_rows)
+        eb = of[lo * n_cls:hi * n_cls] if with_grad else row[:(hi - lo) * n_cls]
+        # 1. maxima, x - max, and -r
+        for i in range(lo, hi):
+            xs = xf[i * n_cls:(i + 1) * n_cls]
+            es = eb[(i - lo) * n_cls:(i - lo + 1) * n_cls]
+            ti = t[i]
+            m = _small_max(xs)
+            if ti != ignore_index:
+                m64 = np.float64(m)
+                r = (1.0 - eps) * np.float64(w[ti]) * (np.float64(xs[ti]) - m64)
+                if eps > 0.0:
+                    r += e_c * (_small_dot(xs, w) - wsum * m64)
+                total -= r
+                if loss.size:
+                    loss[i] = -r
+            elif loss.size:
+                loss[i] = 0.0
+            if inplace:
+                for c in range(n_cls):
+                    es[c] -= m
+            else:
+                for c in range(n_cls):
+                    es[c] = xs[c] - m
+        # 2. the exponentials
+        for j in range(eb.size):
+            eb[j] = _exp_same(eb[j])
+        # 3. sums, logs, gradients
+        for i in range(lo, hi):
+            es = eb[(i - lo) * n_cls:(i - lo + 1) * n_cls]
+            ti = t[i]
+            s = _small_sum_same(es)
+            if ti == ignore_index:
+                wt = big_s = k = 0.0
+            else:
+                wt = np.float64(w[ti])
+                big_s = (1.0 - eps) * wt + e_c * wsum
+                if loss.size:
+                    ls = big_s * log(s)
+                    loss[i] += ls
+                    total += ls
+                else:
+                    # sum_i S_i log(s_i) as S log(prod_i s_i) over each run of rows of one S: one log
+                    # per run, not per row (a row's s is in [1, C], so 1e280 * C stays finite)
+                    if big_s != run_s or prod > 1e280:
+                        total += run_s * log(prod)
+                        run_s, prod = big_s, 1.0
+                    prod *= s
+                k = _row_factor(i, g, gvec, mean, den)
+            if with_grad:
+                et = np.float64(es[ti]) if ti != ignore_index else 0.0
+                a = es.dtype.type(k * big_s / s)
+                if eps > 0.0:
+                    b = es.dtype.type(k * e_c)
+                    for c in range(n_cls):
+                        es[c] = es[c] * a - b * w[c]
+                else:
+                    for c in range(n_cls):
+                        es[c] *= a
+                if ti != ignore_index:
+                    # the target's entry in float64 from its exponential: p_t S - a_t cancels when p_t ~ 1
+                    es[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total + run_s * log(prod), den, -1
 
 
 @_small_loop

@@ -18,6 +18,8 @@ scales it in place; loops touching one array only, so they vectorise (a loop rea
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -263,39 +265,45 @@ def _small_block_rows(n_cls):
 
 
 def small_scratch(n_rows, n_cls, dtype):
-    """The scratch ``row`` of a value-only :func:`_ce_index_small` call: one block of exponentials."""
-    return np.empty(min(n_rows, _small_block_rows.py_func(n_cls)) * n_cls, dtype)
+    """The stand-in gradient buffer of a value-only :func:`_ce_index_small` call: one block of rows,
+    the kernel's scratch for their exponentials."""
+    return np.empty((min(n_rows, _small_block_rows.py_func(n_cls)), n_cls), dtype)
 
 
 @_small_loop
-def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
+def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, loss):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
-    may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
-    it is empty; ``row`` is scratch for the exponentials of a value-only call, of at least
-    ``min(R, _small_block_rows(C)) * C`` floats (:func:`small_scratch`; any size with ``with_grad``).
+    may be ``x``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless it is empty.
+    Without ``with_grad``, ``out`` is scratch for the exponentials: :func:`small_scratch`.
 
     Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
     the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
     and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
     first: the divisor scales every row's gradient.
 
-    Short rows cost more in per-row overhead than in arithmetic, so the exponentials are not taken
-    row by row: a block of rows is handled in three passes, each of which the next re-reads from L1.
+    With ``a_c`` the weight on ``-log p_c`` (see the module), ``S = sum_c a_c``, ``m`` the row's
+    maximum, ``d_c = x_c - m`` and ``s = sum_c exp(d_c)``, a row's loss is ``S log(s) - r`` with
+    ``r = sum_c a_c d_c``, and its gradient ``k (exp(d_c) S / s - a_c)``. A short row costs more in
+    per-row overhead than in arithmetic, so a block of rows goes through three passes, each re-reading
+    the block from L1:
 
-    1. Per row: ``m = max(x)``, ``d = x - m`` into the exponentials' buffer (the gradient, or
-       ``row``), and the part of the loss that reads ``x``: with ``a_c`` the weight on ``-log p_c``
-       (see the module) and ``S = sum_c a_c``, the loss is ``S log(s) - sum_c a_c d_c`` with
-       ``s = sum_c exp(d_c)``; ``r = sum_c a_c d_c`` (float64, from ``x``: ``x`` may be overwritten
-       by the gradient) goes to the row's loss at once.
-    2. ``exp(d)`` over the whole block in one flat loop, long enough to vectorise.
-    3. Per row: ``s`` (float32 partial sums over blocks of ``_BLOCK``, as :func:`.rows._row_exp`),
-       the loss ``S log(s) - r`` and the gradient ``k (exp(d) S / s - a)``.
+    1. per row: ``m``, ``d`` into the exponentials' buffer, and ``r`` (in float64, from ``x``, which
+       the gradient may overwrite);
+    2. ``exp(d)`` over the whole block, one flat loop long enough to vectorise;
+    3. per row: ``s`` (float32 partial sums over blocks of ``_BLOCK``, as :func:`.rows._row_exp`), the
+       loss and the gradient.
 
-    Each loop touches one array or reads one and writes another that never overlaps it, so a value,
-    a gradient into a new buffer and one in place give the same bits. A first call with an empty
-    Numba cache compiles this kernel alone, a few seconds less than the pipelined row kernels or the
-    transposed tiles of the short rows.
+    A reduced loss needs ``sum_i S_i log(s_i)`` only: ``S log(prod_i s_i)`` over each run of rows of
+    one ``S`` (every row, without a class weight), one logarithm per run. A row's ``s`` lies in
+    ``[1, C]`` (or is NaN), so a product below ``1e280`` takes another row without overflow.
+    Logarithms are libm's ``math.log`` (a scalar call either way): three sites of the inlined
+    vectorisable ``log`` cost a first call about a second of compilation.
+
+    Each loop reads and writes an element at the same index (``out`` may be ``x``) or touches one
+    array, so a value, a gradient into a new buffer and one in place give the same bits. A first call
+    with an empty Numba cache compiles this kernel alone, a few seconds less than the pipelined row
+    kernels or the transposed tiles of the short rows.
     """
     n_rows, n_cls = x.shape
     den, bad = _small_scan(t, w, ignore_index, n_cls)
@@ -303,18 +311,16 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
         return 0.0, den, bad
     e_c = eps / n_cls
     wsum = _small_sum(w) if eps > 0.0 else 0.0
-    xf = x.reshape(-1)
-    of = out.reshape(-1)
     per_block = _small_block_rows(n_cls)
     total = 0.0
     run_s, prod = 0.0, 1.0
     for lo in range(0, n_rows, per_block):
         hi = min(lo + per_block, n_rows)
-        eb = of[lo * n_cls:hi * n_cls] if with_grad else row[:(hi - lo) * n_cls]
-        # 1. maxima, x - max, and -r
+        eb = out[lo:hi] if with_grad else out[:hi - lo]
+        # 1. maxima, x - max, and r
         for i in range(lo, hi):
-            xs = xf[i * n_cls:(i + 1) * n_cls]
-            es = eb[(i - lo) * n_cls:(i - lo + 1) * n_cls]
+            xs = x[i]
+            es = eb[i - lo]
             ti = t[i]
             m = _small_max(xs)
             if ti != ignore_index:
@@ -327,18 +333,15 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
                     loss[i] = -r
             elif loss.size:
                 loss[i] = 0.0
-            if inplace:
-                for c in range(n_cls):
-                    es[c] -= m
-            else:
-                for c in range(n_cls):
-                    es[c] = xs[c] - m
+            for c in range(n_cls):
+                es[c] = xs[c] - m
         # 2. the exponentials
+        ef = eb.flat
         for j in range(eb.size):
-            eb[j] = _exp_same(eb[j])
-        # 3. sums, logs, gradients
+            ef[j] = _exp_same(ef[j])
+        # 3. sums, logarithms, gradients
         for i in range(lo, hi):
-            es = eb[(i - lo) * n_cls:(i - lo + 1) * n_cls]
+            es = eb[i - lo]
             ti = t[i]
             s = _small_sum_same(es)
             if ti == ignore_index:
@@ -347,31 +350,25 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
                 wt = np.float64(w[ti])
                 big_s = (1.0 - eps) * wt + e_c * wsum
                 if loss.size:
-                    ls = big_s * log(s)
+                    ls = big_s * math.log(s)
                     loss[i] += ls
                     total += ls
                 else:
-                    # sum_i S_i log(s_i) as S log(prod_i s_i) over each run of rows of one S: one log
-                    # per run, not per row (a row's s is in [1, C], so 1e280 * C stays finite)
                     if big_s != run_s or prod > 1e280:
-                        total += run_s * log(prod)
+                        total += run_s * math.log(prod)
                         run_s, prod = big_s, 1.0
                     prod *= s
                 k = _row_factor(i, g, gvec, mean, den)
             if with_grad:
                 et = np.float64(es[ti]) if ti != ignore_index else 0.0
                 a = es.dtype.type(k * big_s / s)
-                if eps > 0.0:
-                    b = es.dtype.type(k * e_c)
-                    for c in range(n_cls):
-                        es[c] = es[c] * a - b * w[c]
-                else:
-                    for c in range(n_cls):
-                        es[c] *= a
+                b = es.dtype.type(k * e_c)
+                for c in range(n_cls):
+                    es[c] = es[c] * a - b * w[c]
                 if ti != ignore_index:
                     # the target's entry in float64 from its exponential: p_t S - a_t cancels when p_t ~ 1
                     es[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total + run_s * log(prod), den, -1
+    return total + run_s * math.log(prod), den, -1
 
 
 @_small_loop

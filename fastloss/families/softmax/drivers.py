@@ -229,10 +229,10 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     else:
         tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
         tk = tk if tk.ndim == 1 else tk.reshape(-1)
-        if not with_grad:  # no gradient buffer; the kernel's scratch block of exponentials
-            o2, row = _no_gradient(x2), small_scratch(x2.shape[0], n_cls, x.dtype)
+        if not with_grad:  # no gradient buffer: the kernel's scratch block of exponentials
+            o2 = small_scratch(x2.shape[0], n_cls, x.dtype)
         total, den, bad = _ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean", o2, with_grad,
-                                          inplace, loss, row)
+                                          loss)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
     value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)

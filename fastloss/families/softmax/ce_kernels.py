@@ -253,15 +253,16 @@ def _row_factor(i, g, gvec, mean, den):
 _small_loop = _jit.kernel(parallel=False, nrt=False)
 
 
-#: Elements of a block of rows of :func:`_ce_index_small`: its passes re-read the block from L1
-#: (8 KiB of float32, 16 KiB of float64; a row longer than this is a block of its own).
+#: Elements of a block of short rows of :func:`_ce_index_small`: its passes re-read the block from L1
+#: (8 KiB of float32, 16 KiB of float64).
 _SMALL_BLOCK = 2048
 
 
 @_jit.device
 def _small_block_rows(n_cls):
-    """Rows in a block of :func:`_ce_index_small` (at least one)."""
-    return max(1, _SMALL_BLOCK // n_cls)
+    """Rows in a block of :func:`_ce_index_small`: one row longer than ``_BLOCK`` (its loops are long
+    enough, and its exponential pass sums it), else as many as fill ``_SMALL_BLOCK``."""
+    return 1 if n_cls > _BLOCK else _SMALL_BLOCK // n_cls
 
 
 def small_scratch(n_rows, n_cls, dtype):
@@ -290,7 +291,8 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, l
 
     1. per row: ``m``, ``d`` into the exponentials' buffer, and ``r`` (in float64, from ``x``, which
        the gradient may overwrite);
-    2. ``exp(d)`` over the whole block, one flat loop long enough to vectorise;
+    2. ``exp(d)`` over the whole block, one flat loop long enough to vectorise (and, for a block of
+       one long row, its sum ``s``);
     3. per row: ``s`` (float32 partial sums over blocks of ``_BLOCK``, as :func:`.rows._row_exp`), the
        loss and the gradient.
 
@@ -337,15 +339,23 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, l
                 loss[i] = 0.0
             for c in range(n_cls):
                 es[c] = xs[c] - m
-        # 2. the exponentials
+        # 2. the exponentials, summed as :func:`_small_sum_same` does (the sum of a block of one long
+        # row is its row's: no separate pass over it)
         ef = eb.flat
-        for j in range(eb.size):
-            ef[j] = _exp_same(ef[j])
+        s_block = 0.0
+        step = _BLOCK if per_block == 1 else eb.size
+        for j0 in range(0, eb.size, step):
+            acc = eb.dtype.type(0)
+            for j in range(j0, min(j0 + step, eb.size)):
+                e = _exp_same(ef[j])
+                ef[j] = e
+                acc += e
+            s_block += acc
         # 3. sums, logarithms, gradients
         for i in range(lo, hi):
             es = eb[i - lo]
             ti = t[i]
-            s = _small_sum_same(es)
+            s = s_block if per_block == 1 else _small_sum_same(es)
             if ti == ignore_index:
                 wt = big_s = k = 0.0
             else:

@@ -300,9 +300,7 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, l
     one ``S`` (every row, without a class weight), one logarithm per run. A row's ``s`` lies in
     ``[1, C]`` (or is NaN), so a product below ``1e280`` takes another row without overflow.
     Logarithms are libm's ``math.log`` (a scalar call either way): three sites of the inlined
-    vectorisable ``log`` cost a first call about a second of compilation. A row's own loss (for
-    ``'none'``) is formed as ``-(r - S log(s))`` in strict arithmetic: ``-0.0`` for one class, as
-    PyTorch's ``-log_softmax``.
+    vectorisable ``log`` cost a first call about a second of compilation.
 
     Each loop reads and writes an element at the same index (``out`` may be ``x``) or touches one
     array, so a value, a gradient into a new buffer and one in place give the same bits. A first call
@@ -334,7 +332,7 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, l
                     r += e_c * (_small_dot(xs, w) - wsum * m64)
                 total -= r
                 if loss.size:
-                    loss[i] = r
+                    loss[i] = -r
             elif loss.size:
                 loss[i] = 0.0
             for c in range(n_cls):
@@ -363,7 +361,7 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, l
                 big_s = (1.0 - eps) * wt + e_c * wsum
                 if loss.size:
                     ls = big_s * math.log(s)
-                    loss[i] = _fsub(-0.0, _fsub(loss[i], ls))  # -(r - S log s): a one-class row is -0.0
+                    loss[i] += ls
                     total += ls
                 else:
                     if big_s != run_s or prod > 1e280:

@@ -281,6 +281,86 @@ def test_nan_and_inf_in_softmaxes_and_nll_as_torch(dtype):
         _check_against_torch(fl.nll_loss, F.nll_loss, x, t, dtype=dtype, **options)
 
 
+# ---------------------------------------------------------------- the small-call kernel's blocks
+def _small_cases(rng, n, n_cls):
+    """Logits ``(n, n_cls)`` with NaN/inf rows at both ends of the first two blocks of the small-call
+    kernel (``2048 // C`` rows each) and class indices with some ``ignore_index``; the plain call and
+    the options that reach the same kernel through the general path."""
+    x = _logits(rng, (n, n_cls))
+    per_block = max(1, 2048 // n_cls)
+    specials = [np.nan, np.inf, -np.inf, "all -inf"]
+    for k, row in enumerate(r for r in (0, per_block - 1, per_block, per_block + 1) if r < n):
+        if specials[k] == "all -inf":
+            x[row] = -np.inf
+        else:
+            x[row, k % n_cls] = specials[k]
+    t = rng.integers(0, n_cls, n)
+    if n > 3:
+        t[3] = -100
+    w = rng.uniform(0.2, 2.0, n_cls)
+    options = [{}, dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.1),
+               dict(weight=w), dict(weight=w, label_smoothing=0.2, reduction="sum"), dict(ignore_index=n_cls - 1)]
+    return x, t, options
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cls", [1, 2, 10, 31])
+def test_small_calls_every_row_count_as_torch_and_reference(n_cls, dtype):
+    """The small-call kernel (blocks of rows, one flat exponential loop per block, one logarithm per
+    run of rows of one weight): no row (the general path), one, a block's remainder, several blocks;
+    NaN, +inf, -inf and all -inf rows at block edges; every option it takes, against PyTorch and the
+    float64 reference."""
+    rng = np.random.default_rng(30 + n_cls)
+    ref = family.REFERENCE["cross_entropy"]
+    for n in (0, 1, 63, 64, 257):
+        x, t, options = _small_cases(rng, n, n_cls)
+        clean = np.isfinite(x).all(axis=1)
+        for kw in options:
+            tk = np.where(t == -100, kw.get("ignore_index", -100), t)
+            _check_against_torch(fl.cross_entropy, F.cross_entropy, x, tk, dtype=dtype, **kw)
+            if kw.get("reduction") == "none" and n:  # the reference on the finite rows
+                value, grad = vg_ce(x[clean].astype(dtype), tk[clean], **kw)
+                want, (want_grad,) = ref(x[clean], tk[clean], **kw)
+                assert_close(value, want, dtype, "value vs reference")
+                assert_close(grad, want_grad, dtype, "grad vs reference")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (63, 2), (257, 10), (257, 31), (3, 3000)], ids=str)
+def test_small_calls_value_gradient_and_in_place_give_the_same_bits(shape, dtype):
+    """Value alone, value with the gradient, and the gradient written into the logits: the same loss
+    bits (and the same gradient bits in place), with and without label smoothing."""
+    rng = np.random.default_rng(40)
+    x = _logits(rng, shape).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    for kw in ({}, dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.1)):
+        value, grad = vg_ce(x, t, **kw)
+        np.testing.assert_array_equal(fl.cross_entropy(x, t, **kw), value)
+        xi = x.copy()
+        value_in, grad_in = vg_ce(xi, t, out=xi, **kw)
+        assert grad_in is xi
+        np.testing.assert_array_equal(value_in, value)
+        np.testing.assert_array_equal(grad_in, grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_calls_many_rows_of_one_weight(dtype):
+    """A reduced loss takes one logarithm of the product of the rows' sums of exponentials: equal
+    logits (each row's sum is exactly C) over enough rows that the product leaves float64's range
+    unless it is taken in parts."""
+    n, n_cls = 2000, 31
+    x = np.zeros((n, n_cls), dtype)
+    t = np.arange(n) % n_cls
+    assert x.size < family.MIN_CHUNK and n * np.log10(n_cls) > 308
+    for reduction, want in (("mean", np.log(n_cls)), ("sum", n * np.log(n_cls))):
+        value, grad = vg_ce(x, t, reduction=reduction)
+        np.testing.assert_allclose(value, want, rtol=4 * np.finfo(dtype).eps)
+        np.testing.assert_allclose(fl.cross_entropy(x, t, reduction=reduction), want, rtol=4 * np.finfo(dtype).eps)
+    x[5, 3] = np.nan  # a NaN row makes the whole product, and the loss, NaN
+    assert np.isnan(fl.cross_entropy(x, t))
+
+
 # ------------------------------------------------------------------------ ignored and empty batches
 @needs_torch
 @pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])

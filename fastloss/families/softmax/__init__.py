@@ -20,8 +20,7 @@ rows, tiles or blocks of rows); :func:`.drivers._run` runs a call below :data:`M
 the calling thread, and shares a bigger one's chunks among the calling thread and the pool threads of
 :func:`fastloss._jit.run_chunks`. Losses are kept per position and summed per chunk in a fixed order,
 so results do not depend on the thread count. A small call with ``B == 1`` (below ``MIN_CHUNK``) runs
-the small-call kernels ``_ce_index_small`` (blocks of rows: per-row maxima, one flat exponential loop
-per block, per-row sums and gradients) / ``_ce_prob_small`` (row at a time): a first call then
+the plain row-at-a-time kernels ``_ce_index_small`` / ``_ce_prob_small``: a first call then
 compiles one small kernel instead of the pipelined or tiled machinery.
 
 

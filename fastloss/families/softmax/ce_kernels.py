@@ -18,8 +18,6 @@ scales it in place; loops touching one array only, so they vectorise (a loop rea
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -216,20 +214,6 @@ def _small_exp(os, xs, m, inplace):
     return s
 
 
-@_jit.device
-def _small_sum_same(es):
-    """``sum(es)`` as float64, summed in ``es``'s precision over blocks of ``_BLOCK`` (as
-    :func:`.rows._row_exp`: float64 accumulators would halve the float32 lanes)."""
-    s = 0.0
-    for lo in range(0, es.size, _BLOCK):
-        blk = es[lo:lo + _BLOCK]
-        acc = es.dtype.type(0)
-        for c in range(blk.size):
-            acc += blk[c]
-        s += acc
-    return s
-
-
 # The small kernels take these primitives inlined (compiled from the same source), not as kernels
 # of their own: a first call then compiles one kernel, not four, and a warm one loads one from the cache.
 _small_scan = _jit.device(_index_scan.py_func)
@@ -253,132 +237,62 @@ def _row_factor(i, g, gvec, mean, den):
 _small_loop = _jit.kernel(parallel=False, nrt=False)
 
 
-#: Elements of a block of short rows of :func:`_ce_index_small`: its passes re-read the block from L1
-#: (8 KiB of float32, 16 KiB of float64).
-_SMALL_BLOCK = 2048
-
-
-@_jit.device
-def _small_block_rows(n_cls):
-    """Rows in a block of :func:`_ce_index_small`: one row longer than ``_BLOCK`` (its loops are long
-    enough, and its exponential pass sums it), else as many as fill ``_SMALL_BLOCK``."""
-    return 1 if n_cls > _BLOCK else _SMALL_BLOCK // n_cls
-
-
-def small_scratch(n_rows, n_cls, dtype):
-    """The stand-in gradient buffer of a value-only :func:`_ce_index_small` call: one block of rows,
-    the kernel's scratch for their exponentials."""
-    return np.empty((min(n_rows, _small_block_rows.py_func(n_cls)), n_cls), dtype)
-
-
 @_small_loop
-def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, loss):
+def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
-    may be ``x``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless it is empty.
-    Without ``with_grad``, ``out`` is scratch for the exponentials: :func:`small_scratch`.
+    may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
+    it is empty; ``row`` (of ``C`` floats, or any size with ``with_grad``) is scratch for the exponentials
+    of a value-only call.
 
     Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
     the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
     and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
     first: the divisor scales every row's gradient.
 
-    With ``a_c`` the weight on ``-log p_c`` (see the module), ``S = sum_c a_c``, ``m`` the row's
-    maximum, ``d_c = x_c - m`` and ``s = sum_c exp(d_c)``, a row's loss is ``S log(s) - r`` with
-    ``r = sum_c a_c d_c``, and its gradient ``k (exp(d_c) S / s - a_c)``. A short row costs more in
-    per-row overhead than in arithmetic, so a block of rows goes through three passes, each re-reading
-    the block from L1:
-
-    1. per row: ``m``, ``d`` into the exponentials' buffer, and ``r`` (in float64, from ``x``, which
-       the gradient may overwrite);
-    2. ``exp(d)`` over the whole block, one flat loop long enough to vectorise (and, for a block of
-       one long row, its sum ``s``);
-    3. per row: ``s`` (float32 partial sums over blocks of ``_BLOCK``, as :func:`.rows._row_exp`), the
-       loss and the gradient.
-
-    A reduced loss needs ``sum_i S_i log(s_i)`` only: ``S log(prod_i s_i)`` over each run of rows of
-    one ``S`` (every row, without a class weight), one logarithm per run. A row's ``s`` lies in
-    ``[1, C]`` (or is NaN), so a product below ``1e280`` takes another row without overflow.
-    Logarithms are libm's ``math.log`` (a scalar call either way): three sites of the inlined
-    vectorisable ``log`` cost a first call about a second of compilation.
-
-    Each loop reads and writes an element at the same index (``out`` may be ``x``) or touches one
-    array, so a value, a gradient into a new buffer and one in place give the same bits. A first call
-    with an empty Numba cache compiles this kernel alone, a few seconds less than the pipelined row
-    kernels or the transposed tiles of the short rows.
+    One row at a time in plain loops, the gradient straight from ``exp(x - max)``: small calls spend
+    their time in fixed costs, and a first call with an empty Numba cache compiles this kernel alone,
+    a few seconds less than the pipelined row kernels or the transposed tiles of the short rows.
     """
-    n_rows, n_cls = x.shape
+    n_cls = x.shape[1]
     den, bad = _small_scan(t, w, ignore_index, n_cls)
     if bad >= 0:
         return 0.0, den, bad
     e_c = eps / n_cls
     wsum = _small_sum(w) if eps > 0.0 else 0.0
-    per_block = _small_block_rows(n_cls)
     total = 0.0
-    run_s, prod = 0.0, 1.0
-    for lo in range(0, n_rows, per_block):
-        hi = min(lo + per_block, n_rows)
-        eb = out[lo:hi] if with_grad else out[:hi - lo]
-        # 1. maxima, x - max, and r
-        for i in range(lo, hi):
-            xs = x[i]
-            es = eb[i - lo]
-            ti = t[i]
-            m = _small_max(xs)
-            if ti != ignore_index:
-                m64 = np.float64(m)
-                r = (1.0 - eps) * np.float64(w[ti]) * (np.float64(xs[ti]) - m64)
-                if eps > 0.0:
-                    r += e_c * (_small_dot(xs, w) - wsum * m64)
-                total -= r
-                if loss.size:
-                    loss[i] = -r
-            elif loss.size:
-                loss[i] = 0.0
+    for i in range(x.shape[0]):
+        xs = x[i]
+        ti = t[i]
+        ignored = ti == ignore_index
+        m = _small_max(xs)
+        # what the loss needs, read before the gradient may overwrite xs (in place)
+        wt = 0.0 if ignored else np.float64(w[ti])
+        xt = 0.0 if ignored else np.float64(xs[ti])
+        dot = _small_dot(xs, w) if eps > 0.0 and not ignored else 0.0
+        os = out[i] if with_grad else row
+        s = _small_exp(os, xs, m, inplace)
+        lse = m + log(s)
+        li = 0.0
+        big_s = 0.0
+        if not ignored:
+            li = (1.0 - eps) * wt * (lse - xt)
+            if eps > 0.0:
+                li += e_c * (wsum * lse - dot)
+            big_s = (1.0 - eps) * wt + e_c * wsum
+        if loss.size:
+            loss[i] = li
+        total += li
+        if with_grad:
+            k = 0.0 if ignored else _row_factor(i, g, gvec, mean, den)
+            et = 0.0 if ignored else np.float64(os[ti])
+            a = os.dtype.type(k * big_s / s)
+            b = os.dtype.type(k * e_c)
             for c in range(n_cls):
-                es[c] = xs[c] - m
-        # 2. the exponentials, summed as :func:`_small_sum_same` does (the sum of a block of one long
-        # row is its row's: no separate pass over it)
-        ef = eb.flat
-        s_block = 0.0
-        step = _BLOCK if per_block == 1 else eb.size
-        for j0 in range(0, eb.size, step):
-            acc = eb.dtype.type(0)
-            for j in range(j0, min(j0 + step, eb.size)):
-                e = _exp_same(ef[j])
-                ef[j] = e
-                acc += e
-            s_block += acc
-        # 3. sums, logarithms, gradients
-        for i in range(lo, hi):
-            es = eb[i - lo]
-            ti = t[i]
-            s = s_block if per_block == 1 else _small_sum_same(es)
-            if ti == ignore_index:
-                wt = big_s = k = 0.0
-            else:
-                wt = np.float64(w[ti])
-                big_s = (1.0 - eps) * wt + e_c * wsum
-                if loss.size:
-                    ls = big_s * math.log(s)
-                    loss[i] += ls
-                    total += ls
-                else:
-                    if big_s != run_s or prod > 1e280:
-                        total += run_s * math.log(prod)
-                        run_s, prod = big_s, 1.0
-                    prod *= s
-                k = _row_factor(i, g, gvec, mean, den)
-            if with_grad:
-                et = np.float64(es[ti]) if ti != ignore_index else 0.0
-                a = es.dtype.type(k * big_s / s)
-                b = es.dtype.type(k * e_c)
-                for c in range(n_cls):
-                    es[c] = es[c] * a - b * w[c]
-                if ti != ignore_index:
-                    # the target's entry in float64 from its exponential: p_t S - a_t cancels when p_t ~ 1
-                    es[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total + run_s * math.log(prod), den, -1
+                os[c] = os[c] * a - b * w[c]
+            if not ignored:
+                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total, den, -1
 
 
 @_small_loop

@@ -10,7 +10,7 @@ from ... import _jit
 from ... import _validation as V
 from ..._dispatch import scalar_result
 from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_index_small, _ce_prob_channels,
-                         _ce_prob_rows, _ce_prob_short, _ce_prob_small, small_scratch)
+                         _ce_prob_rows, _ce_prob_short, _ce_prob_small)
 from .rows import _SHORT_CLASSES, _SHORT_ROWS, _index_scan, _tile_blocks
 from .softmax_kernels import _nll_chunk, _softmax_channels, _softmax_rows, _softmax_short
 
@@ -220,19 +220,17 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
     if with_grad:
         o2, row = (out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
+    else:  # no gradient buffer; the kernel's scratch row of exponentials
+        o2, row = _no_gradient(x2), np.empty(n_cls, x.dtype)
     if t.dtype.kind == "f":
-        if not with_grad:  # no gradient buffer; the kernel's scratch row of exponentials
-            o2, row = _no_gradient(x2), np.empty(n_cls, x.dtype)
         q = np.ascontiguousarray(t).reshape(x2.shape)
         total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss,
                                        row)
     else:
         tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
         tk = tk if tk.ndim == 1 else tk.reshape(-1)
-        if not with_grad:  # no gradient buffer: the kernel's scratch block of exponentials
-            o2 = small_scratch(x2.shape[0], n_cls, x.dtype)
         total, den, bad = _ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean", o2, with_grad,
-                                          loss)
+                                          inplace, loss, row)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
     value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ce_kernels import _ce_index_small, _nll_small, small_scratch
+from .ce_kernels import _ce_index_small, _nll_small
 from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones, _reduce
 
 _NDARRAY = np.ndarray
@@ -65,9 +65,12 @@ def cross_entropy_fast(args, kwargs, grad):
     x, t, mean = plain
     dtype = x.dtype
     n_cls = x.shape[1]
-    out = small_scratch(x.shape[0], n_cls, dtype) if grad is None else np.empty(x.shape, dtype)
-    total, den, bad = _ce_index_small(x, t, _ones(n_cls, dtype), -100, 0.0, 1.0, _NO_ROWS, mean, out, grad is not None,
-                                      _NO_ROWS)
+    if grad is None:
+        out, row = _empty(dtype, 2), np.empty(n_cls, dtype)
+    else:
+        out, row = np.empty(x.shape, dtype), _empty(dtype, 1)
+    total, den, bad = _ce_index_small(x, t, _ones(n_cls, dtype), -100, 0.0, 1.0, _NO_ROWS, mean, out,
+                                      grad is not None, False, _NO_ROWS, row)
     if bad >= 0:
         return None
     value = _result(total, den, mean, dtype)

@@ -99,59 +99,43 @@ def _check(what, array, lanes):
         raise NumbaTypeError(f"{what}: array of {array.dtype} and lanes of {lanes.dtype}")
 
 
-def _gpu_loader(w):
+def _gpu_copier(w, load):
+    """The intrinsic ``copy(array, i, lanes)`` moving ``w`` elements between ``array[i:i + w]`` (the
+    global side: one ``w``-wide access, aligned to its ``w * itemsize`` bytes) and ``lanes[0:w]``:
+    into the lanes when ``load``, out of them otherwise."""
     from numba.core import types
     from numba.cuda.extending import intrinsic
 
-    @intrinsic
-    def load(typingctx, src, i, lanes):
-        _check("vector load", src, lanes)
-
-        def codegen(context, builder, sig, args):
-            src_ty, i_ty, lanes_ty = sig.args
-            s, index, dst = args
-            index = context.cast(builder, index, i_ty, types.intp)
-            itemsize = context.get_abi_sizeof(context.get_data_type(src_ty.dtype))
-            vec = builder.load(_vector_pointer(context, builder, src_ty, s, index, w), align=w * itemsize)
-            zero = context.get_constant(types.intp, 0)
-            builder.store(vec, _vector_pointer(context, builder, lanes_ty, dst, zero, w), align=itemsize)
-            return context.get_dummy_value()
-
-        return types.none(src, i, lanes), codegen
-
-    return load
-
-
-def _gpu_storer(w):
-    from numba.core import types
-    from numba.cuda.extending import intrinsic
+    what = "vector load" if load else "vector store"
 
     @intrinsic
-    def store(typingctx, dst, i, lanes):
-        _check("vector store", dst, lanes)
+    def copy(typingctx, array, i, lanes):
+        _check(what, array, lanes)
 
         def codegen(context, builder, sig, args):
-            dst_ty, i_ty, lanes_ty = sig.args
-            d, index, src = args
+            array_ty, i_ty, lanes_ty = sig.args
+            a, index, held = args
             index = context.cast(builder, index, i_ty, types.intp)
-            itemsize = context.get_abi_sizeof(context.get_data_type(dst_ty.dtype))
+            itemsize = context.get_abi_sizeof(context.get_data_type(array_ty.dtype))
             zero = context.get_constant(types.intp, 0)
-            vec = builder.load(_vector_pointer(context, builder, lanes_ty, src, zero, w), align=itemsize)
-            builder.store(vec, _vector_pointer(context, builder, dst_ty, d, index, w), align=w * itemsize)
+            wide = (_vector_pointer(context, builder, array_ty, a, index, w), w * itemsize)
+            narrow = (_vector_pointer(context, builder, lanes_ty, held, zero, w), itemsize)
+            (src, src_align), (dst, dst_align) = (wide, narrow) if load else (narrow, wide)
+            builder.store(builder.load(src, align=src_align), dst, align=dst_align)
             return context.get_dummy_value()
 
-        return types.none(dst, i, lanes), codegen
+        return types.none(array, i, lanes), codegen
 
-    return store
+    return copy
 
 
 @functools.lru_cache(maxsize=None)
 def loader(w: int):
     """``load(src, i, lanes)``: ``lanes[0:w] = src[i:i + w]`` in one aligned ``w``-wide load (see the module)."""
-    return _python_loader(w) if D.SIMULATOR else _gpu_loader(w)
+    return _python_loader(w) if D.SIMULATOR else _gpu_copier(w, True)
 
 
 @functools.lru_cache(maxsize=None)
 def storer(w: int):
     """``store(dst, i, lanes)``: ``dst[i:i + w] = lanes[0:w]`` in one aligned ``w``-wide store (see the module)."""
-    return _python_storer(w) if D.SIMULATOR else _gpu_storer(w)
+    return _python_storer(w) if D.SIMULATOR else _gpu_copier(w, False)

@@ -137,3 +137,61 @@ def probe_without_simulator(script: str) -> dict:
             pytest.fail(done.stderr[-4000:])
         pytest.skip(f"numba-cuda is needed (pip install 'numba-cuda[cu12]'): {done.stderr.strip()[-300:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA: where the kernels can run, and PTX reports from scripts run without the simulator
+# --------------------------------------------------------------------------------------------------
+def _real_gpu() -> bool:
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # pragma: no cover - a broken CUDA install counts as no GPU
+        return False
+
+
+def _simulated() -> bool:
+    import os
+
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+
+
+#: CUDA kernel tests: they run under the simulator (CI) or on a GPU.
+needs_device = pytest.mark.skipif(not _simulated() and not _real_gpu(), reason="needs NUMBA_ENABLE_CUDASIM=1 or a GPU")
+
+
+def _nvvm_available() -> bool:
+    import os
+    import subprocess
+    import sys
+
+    code = "from numba.cuda.cudadrv import nvvm; nvvm.NVVM()"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
+    except Exception:  # pragma: no cover
+        return False
+
+
+#: PTX tests: they need numba-cuda's NVVM (no GPU).
+needs_nvvm = pytest.mark.skipif(not _nvvm_available(), reason="needs numba-cuda with NVVM (pip install numba-cuda[cu12])")
+
+
+def ptx_report(script: str) -> dict:
+    """Run ``tests/<script>`` (it compiles kernels for real targets and prints one JSON line last) in a
+    process without the simulator, importing the same fastloss as the tests; return its report."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import fastloss
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    done = subprocess.run([sys.executable, path], env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

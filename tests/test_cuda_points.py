@@ -10,38 +10,18 @@ or a float64 constant in ``P32``, widens its arithmetic to float64, which consum
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from _helpers import needs_nvvm, ptx_report
 
 #: One-point functions allowed float64 instructions in float32 kernels, with the reason: none.
 FLOAT64_EXCEPTIONS: dict[str, str] = {}
 
 
-def _nvvm_available() -> bool:
-    code = "from numba.cuda.cudadrv import nvvm; nvvm.NVVM()"
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    try:
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
-    except Exception:  # pragma: no cover
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _nvvm_available(), reason="needs numba-cuda with NVVM (pip install numba-cuda[cu12])")
+@needs_nvvm
 def test_float32_point_functions_compile_to_float32_ptx():
-    import fastloss  # the subprocess imports the same fastloss as this test (installed or not)
-
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptx_points.py")
-    done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = ptx_report("ptx_points.py")
     from fastloss.families.pointwise import POINT_FUNCTIONS
 
     compiled = {f for facts in report.values() for f in facts["functions"]}

@@ -16,21 +16,11 @@ import sys
 import numpy as np
 import pytest
 
+from _helpers import needs_device
+
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def _real_gpu() -> bool:
-    try:
-        from numba import cuda
-
-        return bool(cuda.is_available())
-    except Exception:  # pragma: no cover - a broken CUDA install counts as no GPU
-        return False
-
-
-needs_device = pytest.mark.skipif(not SIMULATED and not _real_gpu(),
-                                  reason="needs NUMBA_ENABLE_CUDASIM=1 or a GPU")
 DTYPES = (np.float32, np.float64)
 
 

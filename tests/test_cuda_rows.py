@@ -9,28 +9,15 @@ reads the PTX for warp shuffles, float32 ``ex2.approx`` and the absence of local
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from _helpers import needs_device, needs_nvvm, ptx_report
+
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
 
-
-def _real_gpu() -> bool:
-    try:
-        from numba import cuda
-
-        return bool(cuda.is_available())
-    except Exception:  # pragma: no cover - a broken CUDA install counts as no GPU
-        return False
-
-
-needs_device = pytest.mark.skipif(not SIMULATED and not _real_gpu(),
-                                  reason="needs NUMBA_ENABLE_CUDASIM=1 or a GPU")
 
 
 def _modules():
@@ -255,27 +242,10 @@ def test_group_and_block_reductions():
 # --------------------------------------------------------------------------------------------------
 # Real targets: compile and read the PTX (no GPU needed)
 # --------------------------------------------------------------------------------------------------
-def _nvvm_available() -> bool:
-    code = "from numba.cuda.cudadrv import nvvm; nvvm.NVVM()"
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    try:
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
-    except Exception:  # pragma: no cover
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _nvvm_available(), reason="needs numba-cuda with NVVM (pip install numba-cuda[cu12])")
+@needs_nvvm
 def test_row_kernels_compile_for_real_gpus():
-    import fastloss  # the subprocess imports the same fastloss as this test (installed or not)
-
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptx_rows.py")
-    done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = ptx_report("ptx_rows.py")
     assert report, "nothing compiled"
     for name, facts in report.items():
         assert facts["shfl"] > 0, f"{name}: no shfl.sync"

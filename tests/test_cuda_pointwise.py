@@ -194,9 +194,11 @@ def test_kernel_keys_are_checked():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_specialised_pointwise_kernels_compile_to_vector_streams():
+    import fastloss  # the subprocesses import the same fastloss as this test (the installed wheel in CI)
+
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTLOSS_RECORD_LAUNCHES")}
-    root = os.path.dirname(HERE)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [where, env.get("PYTHONPATH")]))
     probe = subprocess.run([sys.executable, "-c", "import cuda_compile, sys; why = cuda_compile.can_compile(); "
                             "print(why or ''); sys.exit(3 if why else 0)"],
                            cwd=HERE, env=env, capture_output=True, text=True, timeout=600)

@@ -7,6 +7,8 @@ target grid, float32 accuracy on large logits, and algebraic properties (hypothe
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -251,6 +253,50 @@ def test_small_calls_nan_inf_and_zeros_anywhere_in_a_row(dtype):
 
 
 @needs_torch
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1500), (3, 1500), (150, 10), (1030, 1), (7, 300)], ids=str)
+def test_small_index_kernel_blocks_of_rows(shape, dtype):
+    """The small index kernel's blocks of whole rows (one row alone when it is longer than a block, a
+    short last block) against torch for every option, and its in-place, new-buffer and value-only
+    calls giving the same bits."""
+    n, c = shape
+    assert n * c < family.MIN_CHUNK
+    rng = np.random.default_rng(n * 7 + c)
+    x = _logits(rng, shape)
+    t = rng.integers(0, c, n)
+    t[1::4] = -100
+    w = rng.uniform(0.2, 2.0, c)
+    for kw in ({}, dict(reduction="sum"), dict(reduction="none"), dict(weight=w, label_smoothing=0.2),
+               dict(weight=w, reduction="none", ignore_index=c - 1)):
+        if "ignore_index" in kw:
+            t = np.where(t == -100, c - 1, t)
+        _check_against_torch(fl.cross_entropy, F.cross_entropy, x, t, dtype=dtype, **kw)
+        xd = x.astype(dtype)
+        value, grad = vg_ce(xd, t, **kw)
+        xi = xd.copy()
+        value_i, grad_i = vg_ce(xi, t, out=xi, **kw)
+        assert grad_i is xi
+        np.testing.assert_array_equal(value_i, value)
+        np.testing.assert_array_equal(grad_i, grad)
+        np.testing.assert_array_equal(fl.cross_entropy(xd, t, **kw), value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_index_kernel_many_large_row_sums(dtype):
+    """Rows whose sums of exponentials multiply past 1e250 (the small kernel takes the log of their
+    product, not of each): the same loss as one log per row ('none', summed in float64)."""
+    n, c = 130, 500  # 500**130 ~ 1e351
+    rng = np.random.default_rng(3)
+    x = (0.01 * rng.standard_normal((n, c))).astype(dtype)
+    t = rng.integers(0, c, n)
+    per_row = fl.cross_entropy(x, t, reduction="none").astype(np.float64)
+    total = float(fl.cross_entropy(x, t, reduction="sum"))
+    assert np.isfinite(total) and total > 100 * np.log(400)
+    np.testing.assert_allclose(total, math.fsum(per_row), rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(float(fl.cross_entropy(x, t)), total / n, rtol=4 * np.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nan_and_inf_with_probability_targets_as_torch(dtype):
     """-inf logits meet zero probabilities: 0 * -inf is NaN in the loss, the gradient stays finite."""

@@ -20,8 +20,9 @@ rows, tiles or blocks of rows); :func:`.drivers._run` runs a call below :data:`M
 the calling thread, and shares a bigger one's chunks among the calling thread and the pool threads of
 :func:`fastloss._jit.run_chunks`. Losses are kept per position and summed per chunk in a fixed order,
 so results do not depend on the thread count. A small call with ``B == 1`` (below ``MIN_CHUNK``) runs
-the plain row-at-a-time kernels ``_ce_index_small`` / ``_ce_prob_small``: a first call then
-compiles one small kernel instead of the pipelined or tiled machinery.
+the plain small-call kernels ``_ce_index_small`` (blocks of whole rows, one flat exponential loop per
+block) / ``_ce_prob_small`` (a row at a time): a first call then compiles one small kernel instead of
+the pipelined or tiled machinery.
 
 
 Layout. Every input is seen as ``(A, C, B)``: ``C`` classes (the softmax axis, axis 1 of a loss's input)

@@ -18,6 +18,8 @@ scales it in place; loops touching one array only, so they vectorise (a loop rea
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -237,62 +239,113 @@ def _row_factor(i, g, gvec, mean, den):
 _small_loop = _jit.kernel(parallel=False, nrt=False)
 
 
+#: Elements of one block of whole rows in :func:`_ce_index_small` (a longer row is a block alone): its
+#: exponentials are one flat loop, which LLVM vectorises whatever the row length (a loop over a 10-class
+#: row runs in its scalar remainder: 3x slower per call at (64, 10)).
+_SMALL_BLOCK = 1024
+#: :func:`_ce_index_small` takes the log of a product of row sums (each in ``[1, C]``) before it could
+#: overflow (a log per row cost about a third of a (64, 10) call).
+_PRODUCT_LIMIT = 1e250
+
+
+def small_scratch(n_rows, n_cls, dtype):
+    """The scratch buffer :func:`_ce_index_small` needs for a value-only call of ``(n_rows, n_cls)``
+    (a block of rows' exponentials)."""
+    return np.empty(max(n_cls, min(n_rows * n_cls, (_SMALL_BLOCK // max(n_cls, 1)) * n_cls)), dtype)
+
+
 @_small_loop
 def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
-    ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``, which
-    may be ``x``: ``inplace``) scaled by :func:`_row_factor`; the loss of each row into ``loss`` unless
-    it is empty; ``row`` (of ``C`` floats, or any size with ``with_grad``) is scratch for the exponentials
-    of a value-only call.
+    ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``: the
+    ``(R * C,)`` flat view of the C-contiguous gradient, which may be ``x``'s data: ``inplace``) scaled
+    by :func:`_row_factor`; the loss of each row into ``loss`` unless it is empty; ``row`` is scratch
+    for the exponentials of a value-only call (:func:`small_scratch`; any size with ``with_grad``). A
+    flat ``out`` because a ``reshape`` in the kernel costs its first call half a second of compilation.
 
     Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
     the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
     and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
     first: the divisor scales every row's gradient.
 
-    One row at a time in plain loops, the gradient straight from ``exp(x - max)``: small calls spend
-    their time in fixed costs, and a first call with an empty Numba cache compiles this kernel alone,
-    a few seconds less than the pipelined row kernels or the transposed tiles of the short rows.
+    Blocks of whole rows (:data:`_SMALL_BLOCK` elements): a pass per row reads what its loss needs and
+    writes ``x - max`` into the block (the gradient buffer, or ``row``), one flat loop takes the
+    exponentials in ``x``'s precision, and a pass per row sums them in float64 and writes the gradient
+    ``k (p_c S - a_c)``. A row's loss ``S lse - sum_c a_c x_c`` is formed as ``(1 - e) w_t (m - x_t) +
+    e / C (W m - sum_c w_c x_c) + S log(s)`` (``m`` the row's max, ``s`` its sum of ``exp(x - m)``):
+    the first terms exactly where ``m = x_t``. Without per-row losses, the rows with ``S = 1`` add the
+    log of the product of their sums (:data:`_PRODUCT_LIMIT`), not one log each. The logs are libm's
+    (``math.log``, correctly rounded to within an ulp, exactly 0 at 1): they are scalar here, and
+    :func:`fastloss._math.log`, written to vectorise, would be inlined at each call, a second of
+    compilation for a first call. In place, a value and a gradient run the same loops on the same
+    values, so they round alike.
+
+    A first call with an empty Numba cache compiles this kernel alone, a few seconds less than the
+    pipelined row kernels or the transposed tiles of the short rows.
     """
-    n_cls = x.shape[1]
+    n_rows, n_cls = x.shape
     den, bad = _small_scan(t, w, ignore_index, n_cls)
     if bad >= 0:
         return 0.0, den, bad
     e_c = eps / n_cls
     wsum = _small_sum(w) if eps > 0.0 else 0.0
+    per_row = loss.size != 0
+    per_block = max(1, _SMALL_BLOCK // n_cls)
     total = 0.0
-    for i in range(x.shape[0]):
-        xs = x[i]
-        ti = t[i]
-        ignored = ti == ignore_index
-        m = _small_max(xs)
-        # what the loss needs, read before the gradient may overwrite xs (in place)
-        wt = 0.0 if ignored else np.float64(w[ti])
-        xt = 0.0 if ignored else np.float64(xs[ti])
-        dot = _small_dot(xs, w) if eps > 0.0 and not ignored else 0.0
-        os = out[i] if with_grad else row
-        s = _small_exp(os, xs, m, inplace)
-        lse = m + log(s)
-        li = 0.0
-        big_s = 0.0
-        if not ignored:
-            li = (1.0 - eps) * wt * (lse - xt)
-            if eps > 0.0:
-                li += e_c * (wsum * lse - dot)
-            big_s = (1.0 - eps) * wt + e_c * wsum
-        if loss.size:
-            loss[i] = li
-        total += li
-        if with_grad:
-            k = 0.0 if ignored else _row_factor(i, g, gvec, mean, den)
-            et = 0.0 if ignored else np.float64(os[ti])
-            a = os.dtype.type(k * big_s / s)
-            b = os.dtype.type(k * e_c)
+    product = 1.0
+    for i0 in range(0, n_rows, per_block):
+        nb = min(n_rows - i0, per_block)
+        blk = out[i0 * n_cls:(i0 + nb) * n_cls] if with_grad else row[:nb * n_cls]
+        for j in range(nb):
+            xs = x[i0 + j]
+            ti = t[i0 + j]
+            m = _small_max(xs)
+            # what the loss needs, read before the block may overwrite xs (in place)
+            base = 0.0
+            if ti != ignore_index:
+                base = (1.0 - eps) * np.float64(w[ti]) * (np.float64(m) - np.float64(xs[ti]))
+                if eps > 0.0:
+                    base += e_c * (wsum * np.float64(m) - _small_dot(xs, w))
+            if per_row:
+                loss[i0 + j] = base
+            else:
+                total += base
+            at = j * n_cls
             for c in range(n_cls):
-                os[c] = os[c] * a - b * w[c]
-            if not ignored:
-                os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total, den, -1
+                blk[at + c] = xs[c] - m
+        for e in range(blk.size):
+            blk[e] = _exp_same(blk[e])
+        for j in range(nb):
+            i = i0 + j
+            ti = t[i]
+            os = blk[j * n_cls:(j + 1) * n_cls]
+            s = 0.0
+            for c in range(n_cls):
+                s += np.float64(os[c])
+            ignored = ti == ignore_index
+            wt = 0.0 if ignored else np.float64(w[ti])
+            big_s = 0.0 if ignored else (1.0 - eps) * wt + e_c * wsum
+            if per_row:
+                li = loss[i] + big_s * math.log(s) if not ignored else 0.0
+                loss[i] = li
+                total += li
+            elif big_s == 1.0:
+                product *= s
+                if product > _PRODUCT_LIMIT:
+                    total += math.log(product)
+                    product = 1.0
+            elif not ignored:
+                total += big_s * math.log(s)
+            if with_grad:
+                k = 0.0 if ignored else _row_factor(i, g, gvec, mean, den)
+                et = 0.0 if ignored else np.float64(os[ti])
+                a = os.dtype.type(k * big_s / s)
+                b = os.dtype.type(k * e_c)
+                for c in range(n_cls):
+                    os[c] = os[c] * a - b * w[c]
+                if not ignored:
+                    os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
+    return total + math.log(product), den, -1
 
 
 @_small_loop

@@ -10,7 +10,7 @@ from ... import _jit
 from ... import _validation as V
 from ..._dispatch import scalar_result
 from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_index_small, _ce_prob_channels,
-                         _ce_prob_rows, _ce_prob_short, _ce_prob_small)
+                         _ce_prob_rows, _ce_prob_short, _ce_prob_small, small_scratch)
 from .rows import _SHORT_CLASSES, _SHORT_ROWS, _index_scan, _tile_blocks
 from .softmax_kernels import _nll_chunk, _softmax_channels, _softmax_rows, _softmax_short
 
@@ -218,11 +218,13 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
             g = grad.scalar()
     # (a reshape costs a small call about as much as a tenth of its kernel: only where needed)
     x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
-    if with_grad:
-        o2, row = (out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
+    prob = t.dtype.kind == "f"
+    if with_grad:  # (the index kernel takes the gradient buffer flat)
+        o2, row = (out.reshape(-1) if not prob else out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
     else:  # no gradient buffer; the kernel's scratch row of exponentials
-        o2, row = _no_gradient(x2), np.empty(n_cls, x.dtype)
-    if t.dtype.kind == "f":
+        o2 = _empty(x.dtype, 2 if prob else 1)
+        row = np.empty(n_cls, x.dtype) if prob else small_scratch(x2.shape[0], n_cls, x.dtype)
+    if prob:
         q = np.ascontiguousarray(t).reshape(x2.shape)
         total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss,
                                        row)

@@ -13,10 +13,13 @@ of its checks), and also when a class index is out of range: the general path th
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .ce_kernels import _ce_index_small, _nll_small
-from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones, _reduce
+from .ce_kernels import _ce_index_small, _nll_small, small_scratch
+from ..._dispatch import float64_partials
+from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones
 
 _NDARRAY = np.ndarray
 # NumPy's dtypes of native byte order are singletons: identity is the cheapest test (another
@@ -53,8 +56,11 @@ def _plain(args, kwargs, grad, rows_only=False):
 
 
 def _result(total, den, mean, dtype):
-    """The reduced value, as the general path's :func:`.drivers._reduce` forms it."""
-    return _reduce(_NO_ROWS, total, "mean" if mean else "sum", den, dtype, ())
+    """The reduced value, as the general path's :func:`.drivers._reduce` forms it (inlined here: a
+    small call is short enough for two calls to show)."""
+    if mean:
+        total = total / den if den != 0 else math.nan
+    return np.array(total, dtype=_F64 if float64_partials.on else dtype)
 
 
 def cross_entropy_fast(args, kwargs, grad):
@@ -66,15 +72,15 @@ def cross_entropy_fast(args, kwargs, grad):
     dtype = x.dtype
     n_cls = x.shape[1]
     if grad is None:
-        out, row = _empty(dtype, 2), np.empty(n_cls, dtype)
-    else:
-        out, row = np.empty(x.shape, dtype), _empty(dtype, 1)
-    total, den, bad = _ce_index_small(x, t, _ones(n_cls, dtype), -100, 0.0, 1.0, _NO_ROWS, mean, out,
+        flat, row = _empty(dtype, 1), small_scratch(x.shape[0], n_cls, dtype)
+    else:  # the kernel writes the gradient flat
+        flat, row = np.empty(x.size, dtype), _empty(dtype, 1)
+    total, den, bad = _ce_index_small(x, t, _ones(n_cls, dtype), -100, 0.0, 1.0, _NO_ROWS, mean, flat,
                                       grad is not None, False, _NO_ROWS, row)
     if bad >= 0:
         return None
     value = _result(total, den, mean, dtype)
-    return value if grad is None else (value, (out,))
+    return value if grad is None else (value, (flat.reshape(x.shape),))
 
 
 def nll_fast(args, kwargs, grad):

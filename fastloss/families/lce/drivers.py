@@ -10,6 +10,8 @@ import numpy as np
 from ... import _jit
 from ..._dispatch import scalar_result
 from ..softmax.drivers import _n_chunks
+from ..softmax.drivers import _ones
+from ..softmax.rows import _index_scan
 from .row_kernels import _rows
 
 #: Rows of fewer elements than this in all run on the calling thread.
@@ -22,7 +24,12 @@ def _run_chunks(chunk, n_rows, n_cls, *args):
     return _jit.run_chunks(chunk, nchunks, *args)
 
 
+_NO_INDEX = np.zeros(0, dtype=np.intp)
+
+
 def _readonly(a):
+    if not a.flags.writeable:
+        return a
     view = a.view()
     view.flags.writeable = False
     return view
@@ -35,21 +42,21 @@ class _Targets:
     def __init__(self, t, w, n_rows, n_cls, dtype, ignore_index):
         self.prob = t.dtype.kind == "f"
         self.ignore_index = int(ignore_index)
-        self.w = np.ones(n_cls, dtype=dtype) if w is None else np.ascontiguousarray(w, dtype=dtype)
-        self.wsum = float(np.sum(self.w, dtype=np.float64))
+        if w is None:  # (cached ones: a small call spends its time in such set-up)
+            self.w, self.wsum = _ones(n_cls, dtype), float(n_cls)
+        else:
+            self.w = _readonly(np.ascontiguousarray(w, dtype=dtype))
+            self.wsum = float(np.sum(self.w, dtype=np.float64))
         if self.prob:
             self.q = _readonly(np.ascontiguousarray(t, dtype=dtype).reshape(n_rows, n_cls))
-            self.t = np.zeros(0, dtype=np.intp)
+            self.t = _NO_INDEX
             self.denominator = float(n_rows) if n_rows * n_cls else 0.0
-            self.weights = None
         else:
             self.t = np.ascontiguousarray(t, dtype=np.intp).reshape(n_rows)
             self.q = np.zeros((1, 0), dtype=dtype)
-            valid = self.t != self.ignore_index
-            self.weights = np.where(valid, self.w.astype(np.float64)[np.where(valid, self.t, 0)], 0.0) \
-                if n_cls else np.zeros(n_rows)
-            self.denominator = float(np.sum(self.weights))
-        self.w = _readonly(self.w)
+            # the 'mean' divisor: the weights of the targets that are not ignored (the class indices
+            # were checked before: no bad one is left to report)
+            self.denominator = _index_scan(self.t, self.w, self.ignore_index, n_cls)[0] if n_cls else 0.0
 
 
 def _coefficients(grad, reduction, denominator, n_rows, loss_shape):

@@ -27,6 +27,13 @@ SMALL_LOGITS = 1 << 20
 #: Explicit ``chunk_size`` and the GPU: a chunk of fewer rows than this is not worth its products' overhead unless
 #: the logits are small anyway (then the whole problem is one chunk).
 MIN_CHUNK_ROWS = 64
+#: Products of at most this many multiply-adds (``N * H * V``) run on the calling thread alone, BLAS as
+#: it is: the class slices' threads and the BLAS thread limit cost 0.3 ms a call (three thread
+#: hand-offs and threadpoolctl's calls), more than such products take (``fastloss bench --small``:
+#: (25, 25, 25) 0.20 ms instead of 0.51, (64, 64, 64) 0.40 instead of 0.75). Not above: OpenBLAS runs
+#: products of more than 2**18 multiply-adds on its own threads, and those, unlimited, made (64, 64,
+#: 256) 8 ms instead of 0.9 on 2 cores.
+PARALLEL_PRODUCTS = 1 << 18
 
 
 def _row_chunk(n_rows, n_cls, chunk_size):
@@ -132,7 +139,10 @@ def linear_cross_entropy(x, W, t, b, w, ignore_index, reduction, label_smoothing
         db = np.zeros(n_cls) if has_bias else None
     buf = np.empty(rows * width, dtype=dtype)
     if n_rows and n_cls:
-        if width == n_cls:
+        if width == n_cls and rows >= n_rows and not _parallel(n_rows, n_hid, n_cls):
+            _one_chunk(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, buf,
+                       (dx2, dW, db) if with_grad else None)
+        elif width == n_cls:
             _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, buf,
                            (dx2, dW, db) if with_grad else None)
         else:
@@ -181,6 +191,32 @@ def _in_parallel(n, fn):
     _jit.run_chunks(lambda k, _n: fn(k), n)
 
 
+def _parallel(n_rows, n_hid, n_cls):
+    """Whether the products are worth threads of their own (:data:`PARALLEL_PRODUCTS`)."""
+    return n_rows * n_hid * n_cls > PARALLEL_PRODUCTS and _jit.get_num_threads() > 1
+
+
+_WHOLE_ROW = np.zeros(1, dtype=np.int64)  # one class slice starting at 0 (and a chunk's base 0)
+
+
+def _one_chunk(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, buf, grads):
+    """linear_cross_entropy of small products (not :func:`_parallel`) in one chunk of every row, on the
+    calling thread: ``z = x W^T`` into ``buf``, the row kernel turns it into ``G`` in place, then
+    ``d W = G^T x``, ``d x = G W`` (which may overwrite ``x``: read last) and ``d b`` = the column sums."""
+    n_rows, n_cls = x2.shape[0], Wc.shape[0]
+    z = buf[:n_rows * n_cls].reshape(n_rows, n_cls)
+    np.matmul(x2, Wc.T, out=z)
+    _rows(0, 1, buf, buf, n_rows, _WHOLE_ROW, np.full(1, n_cls, dtype=np.int64), _WHOLE_ROW, True, bias, has_bias,
+          *args, tg.t, tg.q, tg.w, tg.wsum, tg.ignore_index, eps, lam, coef, grads is not None, loss)
+    if grads is None:
+        return
+    dx2, dW, db = grads
+    np.matmul(z.T, x2, out=dW)
+    np.matmul(z, Wc, out=dx2)
+    if db is not None:
+        db += np.add.reduce(z, axis=0, dtype=np.float64)
+
+
 def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows, buf, grads):
     """linear_cross_entropy by chunks of whole rows, each row split into one class slice per thread.
 
@@ -194,8 +230,7 @@ def _sliced_chunks(x2, Wc, tg, bias, has_bias, args, eps, lam, coef, loss, rows,
     """
     n_rows, n_hid = x2.shape
     n_cls = Wc.shape[0]
-    threads = _jit.get_num_threads()
-    limits = _single_threaded_blas() if threads > 1 else None
+    limits = _single_threaded_blas() if _parallel(n_rows, n_hid, n_cls) else None
     try:
         n_slices = _slice_count(n_cls) if limits is not None else 1
         col0s = np.array([k * n_cls // n_slices for k in range(n_slices)], dtype=np.int64)

@@ -559,6 +559,13 @@ def finish_sum(partials, out, den=1.0, den_buf=None, factor=1.0, root=False):
            den_buf if use else partials, use, bool(root), out)
 
 
+def empty_sum(out, den=1.0, den_buf=None):
+    """``out[0] = 0 / den`` for a reduced loss with nothing to sum (no rows, no elements): 0, or NaN
+    for an empty mean (``den`` 0, or ``den_buf[0]`` on the device), as torch. The one launch a call
+    without work makes."""
+    finish_sum(partial_buffer(0, out), out, den=den, den_buf=den_buf)
+
+
 def partial_buffer(blocks: int, like):
     """Float64 per-block partial sums, one per block of a launch (``blocks`` may be 0: an empty sum)."""
     return empty((blocks,), np.float64, like)

@@ -262,7 +262,7 @@ class _Run:
             return D.scalar_view(rows) if self.loss_shape == () else D.reshape(rows, self.loss_shape)
         out = D.result_buffer(like, dtype)
         if self.n_rows == 0:
-            D.finish_sum(D.partial_buffer(0, like), out, den=self.den if self.reduction == "mean" else 1.0)
+            D.empty_sum(out, den=self.den if self.reduction == "mean" else 1.0)
         else:
             D.finish_sum(self.loss_rows[:self.n_rows], out, den=self.den if self.den_buf is None else 1.0,
                          den_buf=self.den_buf)

@@ -236,7 +236,7 @@ class _Rows:
         and no launch) and gradient."""
         if self.reduce:
             if not parts.shape[0]:
-                D.finish_sum(parts, self.out, den=self.den)
+                D.empty_sum(self.out, den=self.den)
             value = D.scalar_view(self.out)
         else:
             value = self.loss if self.loss_shape else D.scalar_view(self.loss)

@@ -217,7 +217,7 @@ class Launch:
             D.launch(kernel, self.blocks, self.like, *args, threads=threads)
         if self.reduce:
             if not self.parts.shape[0]:
-                D.finish_sum(self.parts, self.out, den=self.den)  # nothing summed: 0, or NaN for a mean
+                D.empty_sum(self.out, den=self.den)
             value = D.scalar_view(self.out)
         else:
             value = self.loss if self.loss_shape else D.scalar_view(self.loss)

@@ -50,7 +50,9 @@ argument, and rows well inside the cap take ``tanhf_tiny``; exponentials summed 
 ``linear_cross_entropy`` processes rows in chunks: BLAS products fill the chunk buffer with the
 logits, the row kernel overwrites them with their gradient (in place), then ``d input = G @ W`` and
 ``d W += G.T @ input`` (a BLAS ``gemm`` with ``beta = 1``: no ``(V, H)`` temporary). Each thread owns
-one class slice of the chunk and calls single-threaded BLAS on it (see :func:`.linear._sliced_chunks`). When one row of
+one class slice of the chunk and calls single-threaded BLAS on it (see :func:`.linear._sliced_chunks`);
+small products (:data:`.linear.PARALLEL_PRODUCTS`) are one chunk on the calling thread
+(:func:`.linear._one_chunk`). When one row of
 ``V`` classes exceeds ``chunk_size``, or (by default) when fewer than :data:`.linear.WHOLE_ROWS` rows fit
 the memory budget, the classes are processed in blocks too, across many rows, with an online
 log-sum-exp: a first sweep gathers each row's statistics, a second recomputes each block of logits for

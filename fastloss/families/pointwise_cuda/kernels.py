@@ -14,9 +14,8 @@ Two passes serve every loss, each written once as a template and compiled per lo
 calls are ever compiled). Each thread walks its share of the elements; per element it evaluates the
 loss ``f`` and its derivative ``d``, stores ``w * f`` for ``reduction='none'`` and the gradient
 ``gscale * grad_output * w * d`` in the same pass (all in the data's precision), and adds ``w * f`` to a
-float64 running sum. The
-block's threads combine their sums in shared memory, each block leaves one partial, and one more block
-adds the partials in a fixed order: deterministic, no float atomics.
+float64 running sum. The block's threads combine their sums in shared memory, each block leaves one
+partial, and one more block adds the partials in a fixed order: deterministic, no float atomics.
 
 * :func:`fast_kernel` (the common case): every operand other than the input (target, weight,
   pos_weight) is absent, a single value, or a full C-contiguous array of the input's shape, read at the

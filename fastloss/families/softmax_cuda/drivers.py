@@ -71,12 +71,6 @@ def _index_denominator(tf, wf, has_w, ignore_index, like):
     return den
 
 
-def _empty_sum(out, den, den_buf):
-    """``out[0] = 0 / d`` for a reduced loss with nothing to sum (no rows or no classes): 0, or NaN for
-    an empty mean, as torch."""
-    D.finish_sum(D.partial_buffer(0, out), out, den=den, den_buf=den_buf)
-
-
 class _Rows:
     """The flat views and buffers every classification driver starts from."""
 
@@ -134,7 +128,7 @@ def cross_entropy(x, t, w, ignore_index, reduction, label_smoothing, grad):
                  rows.out, den, grad is not None, *rows.inc.args(), 1.0 / den if den else math.inf,
                  den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
     elif rows.reduce:
-        _empty_sum(rows.out, den, den_buf)
+        D.empty_sum(rows.out, den, den_buf)
     return rows.result(grad)
 
 
@@ -157,7 +151,7 @@ def nll(x, t, w, ignore_index, reduction, grad):
                      rows.loss_flat, parts, rows.ticket, rows.out, 1.0, den_buf if den_buf is not None else parts,
                      den_buf is not None)
         elif rows.reduce:
-            _empty_sum(rows.out, 1.0, den_buf)
+            D.empty_sum(rows.out, 1.0, den_buf)
     else:
         L, J = (R, C) if K == 1 else (n // K if K else 0, K)
         threads = ROWS_BLOCK
@@ -168,5 +162,5 @@ def nll(x, t, w, ignore_index, reduction, grad):
                      rows.reduce, rows.loss_flat, parts, rows.ticket, rows.out, 1.0, *rows.inc.args(), 1.0,
                      den_buf if den_buf is not None else parts, den_buf is not None, rows.gxf, threads=threads)
         elif rows.reduce:
-            _empty_sum(rows.out, 1.0, den_buf)
+            D.empty_sum(rows.out, 1.0, den_buf)
     return rows.result(grad)

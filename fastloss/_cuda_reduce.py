@@ -192,6 +192,26 @@ _SCRATCH: dict = {}
 MAX_SCRATCH = 64
 
 
+def _stream_key(like) -> tuple:
+    """The part of a kept buffer's key that says where its kernels run: ``like``'s device and stream,
+    and the calling thread (see :func:`scratch`)."""
+    from . import _cuda_arrays as D
+
+    stream = D.stream_for(like)
+    return D.device_id(like), id(stream) if stream else 0, threading.get_ident(), D.is_cupy(like)
+
+
+def _kept(store: dict, key: tuple, make):
+    """``store[key]``, made by ``make()`` the first time; the oldest entry goes beyond
+    :data:`MAX_SCRATCH` entries."""
+    buf = store.get(key)
+    if buf is None:
+        if len(store) >= MAX_SCRATCH:
+            store.pop(next(iter(store)))
+        buf = store[key] = make()
+    return buf
+
+
 def scratch(n: int, like, role: str):
     """A float64 device buffer of ``n`` elements for per-block partial sums (or a denominator), kept
     per (device, stream, calling thread, n, role) and handed out again by later calls; buffers live at
@@ -205,14 +225,7 @@ def scratch(n: int, like, role: str):
     """
     from . import _cuda_arrays as D
 
-    stream = D.stream_for(like)
-    key = (D.device_id(like), id(stream) if stream else 0, threading.get_ident(), D.is_cupy(like), int(n), role)
-    buf = _SCRATCH.get(key)
-    if buf is None:
-        if len(_SCRATCH) >= MAX_SCRATCH:
-            _SCRATCH.pop(next(iter(_SCRATCH)))
-        buf = _SCRATCH[key] = D.partial_buffer(n, like)
-    return buf
+    return _kept(_SCRATCH, _stream_key(like) + (int(n), role), lambda: D.partial_buffer(n, like))
 
 
 _TICKETS: dict = {}
@@ -224,11 +237,4 @@ def ticket(like):
     leaves it at 0 again). Per stream and thread for the reason :func:`scratch` gives."""
     from . import _cuda_arrays as D
 
-    stream = D.stream_for(like)
-    key = (D.device_id(like), id(stream) if stream else 0, threading.get_ident(), D.is_cupy(like))
-    buf = _TICKETS.get(key)
-    if buf is None:
-        if len(_TICKETS) >= MAX_SCRATCH:
-            _TICKETS.pop(next(iter(_TICKETS)))
-        buf = _TICKETS[key] = D.zeros((1,), np.uint32, like)
-    return buf
+    return _kept(_TICKETS, _stream_key(like), lambda: D.zeros((1,), np.uint32, like))

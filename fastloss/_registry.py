@@ -279,16 +279,14 @@ def value_and_grad(f: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
 
     @functools.wraps(f)
     def vg(*args, grad_output=None, out=None, **kwargs):
+        result = None
         if grad_output is None and out is None and fast_fn is not None:
             # the loss's small-call path straight away (the same one ``f`` tries first): a plain call
             # saves a layer of calls and a GradRequest, a tenth of a small cross entropy's time
             path = fast_fn()
             if path is not None:
                 result = path(args, kwargs, _PLAIN_GRAD)
-                if result is not None:
-                    value, grads = result
-                    return value, (grads[0] if len(grads) == 1 else tuple(grads))
-        value, grads = f(*args, _grad=GradRequest(grad_output, out), **kwargs)
+        value, grads = f(*args, _grad=GradRequest(grad_output, out), **kwargs) if result is None else result
         # an optional differentiated input left out (None) has no gradient: count what came back
         return value, (grads[0] if len(grads) == 1 else tuple(grads))
 

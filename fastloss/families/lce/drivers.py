@@ -9,8 +9,7 @@ import numpy as np
 
 from ... import _jit
 from ..._dispatch import scalar_result
-from ..softmax.drivers import _n_chunks
-from ..softmax.drivers import _ones
+from ..softmax.drivers import _n_chunks, _ones, _readonly
 from ..softmax.rows import _index_scan
 from .row_kernels import _rows
 
@@ -25,14 +24,6 @@ def _run_chunks(chunk, n_rows, n_cls, *args):
 
 
 _NO_INDEX = np.zeros(0, dtype=np.intp)
-
-
-def _readonly(a):
-    if not a.flags.writeable:
-        return a
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 class _Targets:

@@ -219,11 +219,16 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     # (a reshape costs a small call about as much as a tenth of its kernel: only where needed)
     x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
     prob = t.dtype.kind == "f"
-    if with_grad:  # (the index kernel takes the gradient buffer flat)
-        o2, row = (out.reshape(-1) if not prob else out if out.ndim == 2 else out.reshape(-1, n_cls)), _empty(x.dtype, 1)
-    else:  # no gradient buffer; the kernel's scratch row of exponentials
-        o2 = _empty(x.dtype, 2 if prob else 1)
-        row = np.empty(n_cls, x.dtype) if prob else small_scratch(x2.shape[0], n_cls, x.dtype)
+    if with_grad:  # the probability kernel takes the gradient as rows, the index kernel flat
+        row = _empty(x.dtype, 1)
+        if prob:
+            o2 = out if out.ndim == 2 else out.reshape(-1, n_cls)
+        else:
+            o2 = out.reshape(-1)
+    elif prob:  # no gradient buffer; the kernel's scratch row of exponentials
+        o2, row = _empty(x.dtype, 2), np.empty(n_cls, x.dtype)
+    else:  # no gradient buffer; the kernel's scratch block of exponentials
+        o2, row = _empty(x.dtype, 1), small_scratch(x2.shape[0], n_cls, x.dtype)
     if prob:
         q = np.ascontiguousarray(t).reshape(x2.shape)
         total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss,

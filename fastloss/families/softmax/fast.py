@@ -13,13 +13,10 @@ of its checks), and also when a class index is out of range: the general path th
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .ce_kernels import _ce_index_small, _nll_small, small_scratch
-from ..._dispatch import float64_partials
-from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones
+from .drivers import _NO_ROWS, _NO_WEIGHT, MIN_CHUNK, _empty, _ones, _reduce
 
 _NDARRAY = np.ndarray
 # NumPy's dtypes of native byte order are singletons: identity is the cheapest test (another
@@ -56,11 +53,8 @@ def _plain(args, kwargs, grad, rows_only=False):
 
 
 def _result(total, den, mean, dtype):
-    """The reduced value, as the general path's :func:`.drivers._reduce` forms it (inlined here: a
-    small call is short enough for two calls to show)."""
-    if mean:
-        total = total / den if den != 0 else math.nan
-    return np.array(total, dtype=_F64 if float64_partials.on else dtype)
+    """The reduced value, as the general path's :func:`.drivers._reduce` forms it."""
+    return _reduce(_NO_ROWS, total, "mean" if mean else "sum", den, dtype, ())
 
 
 def cross_entropy_fast(args, kwargs, grad):

@@ -17,6 +17,8 @@ from setuptools.command.build_ext import build_ext
 
 CY_DIR = os.path.join("fastloss", "_cy")
 MODULES = ("ranking", "triplet")
+#: modules that use NumPy's C API (they need its headers)
+NUMPY_MODULES = ("softmax_small",)
 
 #: Cython directives of every kernel module: no bounds or wraparound checks (the drivers hand over
 #: checked, C-contiguous arrays) and C division, whose x / 0 gives inf or NaN as in PyTorch rather than
@@ -106,8 +108,14 @@ class BuildExt(build_ext):
 def _extensions():
     from Cython.Build import cythonize
 
+    import numpy
+
     exts = [
         Extension(f"fastloss._cy.{name}", [os.path.join(CY_DIR, f"{name}.pyx")]) for name in MODULES
+    ] + [
+        Extension(f"fastloss._cy.{name}", [os.path.join(CY_DIR, f"{name}.pyx")], include_dirs=[numpy.get_include()],
+                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+        for name in NUMPY_MODULES
     ]
     return cythonize(exts, compiler_directives=DIRECTIVES)
 

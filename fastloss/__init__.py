@@ -12,7 +12,7 @@ def _check_extensions() -> None:
 
     The usual cause is running Python inside a source checkout (its ``fastloss/`` folder shadows the
     installed package) before the extensions were built there; a wheel without them is the other.
-    Checked here, at import, rather than at the first ranking or triplet call.
+    Checked here, at import, rather than at the first ranking, triplet or cross-entropy call.
     """
     cy = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_cy")
     try:
@@ -20,7 +20,7 @@ def _check_extensions() -> None:
     except OSError:
         present = []
     suffixes = tuple(_machinery.EXTENSION_SUFFIXES)
-    missing = [m for m in ("ranking", "triplet")
+    missing = [m for m in ("ranking", "triplet", "softmax_small")
                if not any(f.startswith(m + ".") and f.endswith(suffixes) for f in present)]
     if not missing:
         return

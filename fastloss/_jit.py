@@ -1,14 +1,15 @@
 """The only place where Numba's options are spelled.
 
-Every CPU kernel of fastloss is compiled through :func:`kernel` (parallel loops over rows or chunks) or
-:func:`device` (one-point scalar functions inlined into those loops), so that caching, the fast-math flag
-set and the error model are chosen once.
+Every CPU kernel of fastloss is compiled through :func:`kernel` (parallel loops over rows or chunks),
+:func:`entry` (a kernel called from C, by pointer) or :func:`device` (one-point scalar functions inlined
+into those loops), so that caching, the fast-math flag set and the error model are chosen once.
 """
 from __future__ import annotations
 
 import os
 import re
 import tempfile
+import threading
 
 
 def _ensure_cache_dir() -> None:
@@ -195,6 +196,80 @@ def device(fn):
     return numba.njit(inline="always", **{**_COMMON, "cache": False})(fn)
 
 
+class _Entry:
+    """A C entry point: ``fn`` compiled as a C function for each of its Numba signatures ``sigs``, each on
+    the first call of :meth:`address` (cached as the kernels are, loaded without refreshing the
+    target). Numba's ``cfunc`` compiles where it is declared: an import would compile, or load, every
+    entry of every dtype."""
+
+    def __init__(self, fn, sigs):
+        self.py_func, self._sigs = fn, sigs
+        self._cfuncs = [None] * len(sigs)
+        self._lock = threading.Lock()
+
+    def address(self, i: int) -> int:
+        """The address of the C function of signature ``sigs[i]`` (valid while this object lives: it
+        holds the machine code)."""
+        cf = self._cfuncs[i]
+        if cf is None:
+            with self._lock:  # one compilation: a second would free the machine code of the first
+                if self._cfuncs[i] is None:
+                    self._cfuncs[i] = _compile_entry(self.py_func, self._sigs[i])
+                cf = self._cfuncs[i]
+        return cf.address
+
+
+def _compile_entry(fn, sig):
+    from numba.core import sigutils
+
+    opts = {k: v for k, v in _COMMON.items() if k not in ("cache", "nogil")}
+    opts["_nrt"] = False  # an entry allocates nothing: its arrays are views of the caller's memory
+    try:
+        from numba.core.ccallback import CFunc
+    except ImportError:  # pragma: no cover - Numba internals moved: the public decorator (loads slower)
+        return numba.cfunc(sig, cache=True, **opts)(fn)
+    cf = CFunc(fn, sigutils.normalize_signature(sig), locals={}, options=opts)
+    cf.enable_caching()
+    _quick_load(cf, nrt=False)
+    cf.compile()
+    return cf
+
+
+def entry(*sigs):
+    """Compile a kernel as a C entry point, one per Numba signature in ``sigs`` (each compiled on first
+    use, see :class:`_Entry`), for callers in C (Cython), which skip Numba's dispatcher and its
+    unboxing of every argument: a few microseconds per call, more when the caches are cold. The kernel
+    takes pointers and lengths, and views them as arrays with :data:`array_at`."""
+    return lambda fn: _Entry(fn, sigs)
+
+
+from numba.core import cgutils as _cgutils, types as _types  # noqa: E402
+from numba.extending import intrinsic as _intrinsic  # noqa: E402
+
+
+@_intrinsic
+def array_at(typingctx, ptr, shape):
+    """``array_at(ptr, shape)``, in an entry: the C-contiguous array of ``shape`` (a tuple of ``intp``)
+    at the pointer ``ptr``, a view owning nothing (no reference count, no runtime)."""
+    ndim = len(shape)
+    arrty = _types.Array(ptr.dtype, ndim, "C")
+
+    def codegen(context, builder, sig, args):
+        from numba.np.arrayobj import make_array, populate_array
+
+        data, shp = args
+        ary = make_array(arrty)(context, builder)
+        dims = _cgutils.unpack_tuple(builder, shp, ndim)
+        item = context.get_constant(_types.intp, context.get_abi_sizeof(context.get_data_type(ptr.dtype)))
+        strides = [item]  # C order: each stride the product of the item size and the later dimensions
+        for d in reversed(dims[1:]):
+            strides.insert(0, builder.mul(strides[0], d))
+        populate_array(ary, data=data, shape=dims, strides=strides, itemsize=item, meminfo=None)
+        return ary._getvalue()
+
+    return arrty(ptr, shape), codegen
+
+
 def set_num_threads(n: int) -> None:
     """Set the number of threads used by fastloss's CPU kernels (Numba and Cython alike)."""
     n = int(n)
@@ -222,7 +297,6 @@ def get_num_threads() -> int:
 # Results are combined in chunk order, so they depend only on the chunk count, which the callers
 # derive from the size of the work, never from the number of threads.
 import itertools  # noqa: E402
-import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 _POOL_LOCK = threading.Lock()

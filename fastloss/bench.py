@@ -1106,7 +1106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write a bar chart of the speed-ups (needs matplotlib: pip install 'fastloss[plot]')")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
     parser.add_argument("--small", action="store_true",
-                        help="time small calls instead (per-call mean beside torch, also with torch busy)")
+                        help="time small calls instead (per-call mean beside torch; also after a torch step, "
+                             "and with torch busy)")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar on stderr (auto: when stderr is a terminal)")
     # Shrinks every input (tests run the whole command on tiny arrays); not part of the interface.

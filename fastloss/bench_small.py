@@ -4,8 +4,10 @@ A training loop calls its loss thousands of times on small batches; there the fi
 (argument checks, dispatch, waking threads) matter more than bandwidth. For every loss at a few small
 sizes this times ``value_and_grad`` and PyTorch's forward + backward as the **mean** over hundreds of
 calls (a stall on a busy machine shows in the mean, a median hides it), alternately in one process,
-twice: alone, and while a Python thread keeps PyTorch's intra-op threads busy with matrix products
-(the situation of a loss computed beside a model).
+three times: alone; with a PyTorch step between two calls (a matrix product and a ``tanh``: the
+rhythm of a training loop, whose model leaves the caches cold for the loss), only the calls timed;
+and while a Python thread keeps PyTorch's intra-op threads busy with matrix products (a loss computed
+beside a model).
 """
 from __future__ import annotations
 
@@ -69,6 +71,30 @@ def mean_call_time(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def mean_call_time_after(fn, step, calls: int) -> float:
+    """Mean seconds per call of ``fn`` over ``calls`` calls, each after ``step()`` (not timed)."""
+    for _ in range(max(3, calls // 20)):
+        step()
+        fn()
+    total = 0.0
+    for _ in range(calls):
+        step()
+        start = time.perf_counter()
+        fn()
+        total += time.perf_counter() - start
+    return total / calls
+
+
+class _TorchStep:
+    """One step of a small model: a (256, 256) product and a ``tanh``, on PyTorch's threads."""
+
+    def __init__(self, torch):
+        self.torch, self.a = torch, torch.randn(256, 256)
+
+    def __call__(self):
+        self.a = self.torch.tanh(self.a @ self.a * 0.01)
+
+
 class _BusyTorch:
     """A thread running PyTorch matrix products back to back (PyTorch releases the GIL inside them, so
     its intra-op threads compete with fastloss's for the cores)."""
@@ -92,7 +118,8 @@ class _BusyTorch:
 
 
 def run(names=None, dtype="float32", sizes=SIZES, calls=300, torch=None):
-    """Rows ``(loss, shape, fastloss_s, torch_s, fastloss_busy_s, torch_busy_s)`` (seconds per call;
+    """Rows ``(loss, shape, fastloss_s, torch_s, fastloss_step_s, torch_step_s, fastloss_busy_s,
+    torch_busy_s)`` (seconds per call: alone, after a PyTorch step, beside busy PyTorch threads;
     ``None`` where PyTorch has no such loss or is absent)."""
     rows = []
     for name in names or sorted(REGISTRY):
@@ -103,16 +130,20 @@ def run(names=None, dtype="float32", sizes=SIZES, calls=300, torch=None):
             ours()  # compile
             shape = tuple(np.shape(case.args[_diff_positions(spec, case)[0]]))
             times = []
-            for busy in (False, True):
-                if busy and torch is None:
+            for mode in ("alone", "step", "busy"):
+                if mode != "alone" and torch is None:
                     times += [None, None]
                     continue
-                ctx = _BusyTorch(torch) if busy else _Nothing()
-                with ctx:
-                    t_ours = mean_call_time(ours, calls)
-                    t_theirs = mean_call_time(theirs, calls) if theirs is not None else None
+                if mode == "step":
+                    step = _TorchStep(torch)
+                    timer = lambda f: mean_call_time_after(f, step, calls)  # noqa: E731
+                else:
+                    timer = lambda f: mean_call_time(f, calls)  # noqa: E731
+                with _BusyTorch(torch) if mode == "busy" else _Nothing():
+                    t_ours = timer(ours)
+                    t_theirs = timer(theirs) if theirs is not None else None
                     # alternate once more so that drifting load hits both alike
-                    t_ours = (t_ours + mean_call_time(ours, calls)) / 2
+                    t_ours = (t_ours + timer(ours)) / 2
                 times += [t_ours, t_theirs]
             rows.append((name, shape, *times))
     return rows
@@ -133,13 +164,17 @@ def format_rows(rows) -> str:
     def ratio(a, b):
         return "-" if a is None or b is None else f"{b / a:.2f}x"
 
-    head = ("loss", "shape", "fastloss us", "torch us", "speedup", "busy: fastloss us", "busy: torch us",
-            "busy: speedup")
+    head = ["loss", "shape"]
+    for mode in ("", "step: ", "busy: "):
+        head += [f"{mode}fastloss us", f"{mode}torch us", f"{mode}speedup"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    for name, shape, a, b, c, d in rows:
-        lines.append(" | ".join([name, "x".join(map(str, shape)) or "()", us(a), us(b), ratio(a, b), us(c),
-                                 us(d), ratio(c, d)]))
+    for name, shape, *times in rows:
+        cells = [name, "x".join(map(str, shape)) or "()"]
+        for ours, theirs in zip(times[::2], times[1::2]):
+            cells += [us(ours), us(theirs), ratio(ours, theirs)]
+        lines.append(" | ".join(cells))
     return "\n".join(lines) + "\n\nmean time per value_and_grad call vs torch forward + backward; " \
+                              "'step': a torch step (256x256 product, tanh) before each call, not timed; " \
                               "'busy': a thread keeps torch's intra-op threads busy meanwhile"
 
 

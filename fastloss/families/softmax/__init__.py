@@ -12,7 +12,8 @@ Where things are:
 * :mod:`.softmax_kernels`: the ``log_softmax`` / ``softmax`` kernels and the ``nll_loss`` kernel.
 * :mod:`.drivers`: the drivers :mod:`fastloss.api` calls, the choice of kernel, chunks and reductions.
 * :mod:`.fast`: ``FAST``, the small-call fast paths of ``cross_entropy`` and ``nll_loss`` (the plain
-  call recognised in one pass and handed straight to the small-call kernel; see ``fastloss._registry.loss``).
+  call recognised in C, ``fastloss._cy.softmax_small``, and handed straight to the small-call kernel's C
+  entry point; see ``fastloss._registry.loss``).
 * :mod:`.reference`: ``REFERENCE``, ``CASES``, ``BENCH`` and ``TORCH``.
 
 Threads. Every kernel is serial (``nogil``) and works on chunk ``k`` of ``n_chunks`` (runs of
@@ -21,8 +22,9 @@ the calling thread, and shares a bigger one's chunks among the calling thread an
 :func:`fastloss._jit.run_chunks`. Losses are kept per position and summed per chunk in a fixed order,
 so results do not depend on the thread count. A small call with ``B == 1`` (below ``MIN_CHUNK``) runs
 the plain small-call kernels ``_ce_index_small`` (blocks of whole rows, one flat exponential loop per
-block) / ``_ce_prob_small`` (a row at a time): a first call then compiles one small kernel instead of
-the pipelined or tiled machinery.
+block; a C entry point, called from C by the general path and the fast path alike) / ``_ce_prob_small``
+(a row at a time): a first call then compiles one small kernel instead of the pipelined or tiled
+machinery.
 
 
 Layout. Every input is seen as ``(A, C, B)``: ``C`` classes (the softmax axis, axis 1 of a loss's input)

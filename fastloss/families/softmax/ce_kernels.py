@@ -26,6 +26,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ... import _jit
+from ..._jit import array_at
 from ..._math import _fsub, log
 from .rows import (_BLOCK, _SHORT_ROWS, _chunk, _exp_same, _index_scan, _items_total, _loop, _next_row, _row_dot,
                    _row_exp, _row_max, _row_scale, _row_scale_sub, _row_sum, _row_sum_exp, _rows_to_tile, _short_block,
@@ -233,9 +234,9 @@ def _row_factor(i, g, gvec, mean, den):
     return gi
 
 
-#: The small kernels allocate nothing (the driver hands them a scratch row): compiled without Numba's
-#: runtime, a warm first call loads them without compiling the runtime and without the module of
-#: ``np.empty``'s implementation (0.2-0.5 s together, measured under load).
+#: The small kernels allocate nothing (the caller hands them a scratch row): compiled without Numba's
+#: runtime (as the C entries are), a warm first call loads them without compiling the runtime and
+#: without the module of ``np.empty``'s implementation (0.2-0.5 s together, measured under load).
 _small_loop = _jit.kernel(parallel=False, nrt=False)
 
 
@@ -254,19 +255,36 @@ def small_scratch(n_rows, n_cls, dtype):
     return np.empty(max(n_cls, min(n_rows * n_cls, (_SMALL_BLOCK // max(n_cls, 1)) * n_cls)), dtype)
 
 
-@_small_loop
-def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, inplace, loss, row):
+def _ce_small_signature(dtype):
+    """``bad = _ce_index_small(x, t, n_rows, n_cls, w, ignore_index, eps, g, gvec, n_gvec, mean, out,
+    n_out, with_grad, inplace, loss, n_loss, row, n_row, result)``: each array a pointer (``x``, ``w``,
+    ``out``, ``row`` of ``dtype``; ``t`` of intp; ``gvec``, ``loss``, ``result`` of float64) and its
+    length; ``fastloss._cy.softmax_small``'s ``ce_entry_t``."""
+    p, f8, i = types.CPointer(dtype), types.CPointer(types.float64), types.intp
+    return i(p, types.CPointer(i), i, i, p, i, types.float64, types.float64, f8, i, i, p, i, i, i, f8, i, p, i, f8)
+
+
+@_jit.entry(_ce_small_signature(types.float32), _ce_small_signature(types.float64))
+def _ce_index_small(x_p, t_p, n_rows, n_cls, w_p, ignore_index, eps, g, gvec_p, n_gvec, mean, out_p, n_out,
+                    with_grad, inplace, loss_p, n_loss, row_p, n_row, result):
     """Cross entropy of a small call, all of it on the calling thread: rows ``x (R, C)``, class indices
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``: the
     ``(R * C,)`` flat view of the C-contiguous gradient, which may be ``x``'s data: ``inplace``) scaled
-    by :func:`_row_factor`; the loss of each row into ``loss`` unless it is empty; ``row`` is scratch
-    for the exponentials of a value-only call (:func:`small_scratch`; any size with ``with_grad``). A
-    flat ``out`` because a ``reshape`` in the kernel costs its first call half a second of compilation.
+    by :func:`_row_factor` (``g``, or ``gvec`` unless it is empty); the loss of each row into ``loss``
+    unless it is empty; ``row`` is scratch for the exponentials of a value-only call
+    (:func:`small_scratch`; any size with ``with_grad``). A flat ``out`` because a ``reshape`` in the
+    kernel costs its first call half a second of compilation.
 
-    Returns ``(total, den, bad)``: the losses' float64 sum, PyTorch's 'mean' divisor (the weights of
-    the targets that are not ``ignore_index``) and the first row whose target is outside ``[0, C)``
-    and not ``ignore_index`` (-1 if none; otherwise nothing was written). The targets are scanned
-    first: the divisor scales every row's gradient.
+    A C entry point (:func:`fastloss._jit.entry`, the signature of :func:`_ce_small_signature`; per
+    dtype, ``_ce_index_small.address(0)`` float32, ``(1)`` float64): the fast path of the plain call and
+    the general path's small calls both call it from C (``fastloss._cy.softmax_small``), one compiled
+    kernel for both, so they give the same bits. The arrays are views of the caller's memory, which
+    must be C-contiguous, aligned and in native byte order.
+
+    Stores ``result[:2] = (total, den)``, the losses' float64 sum and PyTorch's 'mean' divisor (the
+    weights of the targets that are not ``ignore_index``), and returns the first row whose target is
+    outside ``[0, C)`` and not ``ignore_index`` (-1 if none; otherwise nothing was written). The
+    targets are scanned first: the divisor scales every row's gradient.
 
     Blocks of whole rows (:data:`_SMALL_BLOCK` elements): a pass per row reads what its loss needs and
     writes ``x - max`` into the block (the gradient buffer, or ``row``), one flat loop takes the
@@ -283,10 +301,17 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
     A first call with an empty Numba cache compiles this kernel alone, a few seconds less than the
     pipelined row kernels or the transposed tiles of the short rows.
     """
-    n_rows, n_cls = x.shape
+    x = array_at(x_p, (n_rows, n_cls))
+    t = array_at(t_p, (n_rows,))
+    w = array_at(w_p, (n_cls,))
+    gvec = array_at(gvec_p, (n_gvec,))
+    out = array_at(out_p, (n_out,))
+    loss = array_at(loss_p, (n_loss,))
+    row = array_at(row_p, (n_row,))
     den, bad = _small_scan(t, w, ignore_index, n_cls)
+    result[1] = den
     if bad >= 0:
-        return 0.0, den, bad
+        return bad
     e_c = eps / n_cls
     wsum = _small_sum(w) if eps > 0.0 else 0.0
     per_row = loss.size != 0
@@ -345,7 +370,8 @@ def _ce_index_small(x, t, w, ignore_index, eps, g, gvec, mean, out, with_grad, i
                     os[c] = os[c] * a - b * w[c]
                 if not ignored:
                     os[ti] = k * (et * big_s / s - e_c * wt - (1.0 - eps) * wt)
-    return total + math.log(product), den, -1
+    result[0] = total + math.log(product)
+    return -1
 
 
 @_small_loop
@@ -537,18 +563,32 @@ def _ce_prob_short(k, n_chunks, x, q, w, eps, coef, out, with_grad, loss):
     return _row_sum(loss[first * _SHORT_ROWS:min(last * _SHORT_ROWS, n_rows)])
 
 
-@_small_loop
-def _nll_small(x, t, w, ignore_index, g, mean, out, with_grad):
-    """``nll_loss`` of a small call on the calling thread: log-probabilities ``x (R, C)``, class
-    indices ``t (R,)``, class weight ``w (C,)`` (empty: weights of 1). Row ``i`` loses
-    ``-w[t_i] * x[i, t_i]`` (0 where ``t_i`` is ``ignore_index``); with ``with_grad`` the gradient goes
-    to ``out`` (zero but ``-w[t_i] * g`` at each target, over the divisor for ``mean``).
+def _nll_small_signature(dtype):
+    """``bad = _nll_small(x, t, n_rows, n_cls, w, n_w, ignore_index, g, mean, out, n_out, with_grad,
+    result)``: ``x`` and ``out (n_out, n_cls)`` of ``dtype``, ``w`` and ``result`` of float64
+    (``fastloss._cy.softmax_small``'s ``nll_entry_t``)."""
+    p, f8, i = types.CPointer(dtype), types.CPointer(types.float64), types.intp
+    return i(p, types.CPointer(i), i, i, f8, i, i, types.float64, i, p, i, i, f8)
 
-    Returns ``(total, den, bad)`` as :func:`_ce_index_small` (nothing written when ``bad >= 0``): the
-    scan, the gather and the sum of :func:`.softmax_kernels._nll_chunk` in one call, in its order."""
-    den, bad = _small_scan(t, w, ignore_index, x.shape[1])
+
+@_jit.entry(_nll_small_signature(types.float32), _nll_small_signature(types.float64))
+def _nll_small(x_p, t_p, n_rows, n_cls, w_p, n_w, ignore_index, g, mean, out_p, n_out, with_grad, result):
+    """``nll_loss`` of a small call on the calling thread: log-probabilities ``x (R, C)``, class
+    indices ``t (R,)``, class weight ``w`` (empty: weights of 1). Row ``i`` loses ``-w[t_i] * x[i,
+    t_i]`` (0 where ``t_i`` is ``ignore_index``); with ``with_grad`` the gradient goes to ``out`` (zero
+    but ``-w[t_i] * g`` at each target, over the divisor for ``mean``).
+
+    A C entry point as :func:`_ce_index_small`, whose ``result`` and return value it shares (nothing
+    written when the return value is not -1): the scan, the gather and the sum of
+    :func:`.softmax_kernels._nll_chunk` in one call, in its order."""
+    x = array_at(x_p, (n_rows, n_cls))
+    t = array_at(t_p, (n_rows,))
+    w = array_at(w_p, (n_w,))
+    out = array_at(out_p, (n_out, n_cls))
+    den, bad = _small_scan(t, w, ignore_index, n_cls)
+    result[1] = den
     if bad >= 0:
-        return 0.0, den, bad
+        return bad
     total = 0.0
     for i in range(x.shape[0]):
         ti = t[i]
@@ -563,4 +603,5 @@ def _nll_small(x, t, w, ignore_index, g, mean, out, with_grad):
                 row[c] = 0
             if ti != ignore_index:
                 row[ti] = -(1.0 if w.size == 0 else np.float64(w[ti])) * k
-    return total, den, -1
+    result[0] = total
+    return -1

@@ -8,8 +8,9 @@ import numpy as np
 
 from ... import _jit
 from ... import _validation as V
+from ..._cy import softmax_small
 from ..._dispatch import scalar_result
-from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_index_small, _ce_prob_channels,
+from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_prob_channels,
                          _ce_prob_rows, _ce_prob_short, _ce_prob_small, small_scratch)
 from .rows import _SHORT_CLASSES, _SHORT_ROWS, _index_scan, _tile_blocks
 from .softmax_kernels import _nll_chunk, _softmax_channels, _softmax_rows, _softmax_short
@@ -196,8 +197,10 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     kernel call on the calling thread, which also checks the class indices and forms the 'mean'
     divisor, and with as few steps around it as it takes (they, not the kernel, dominate such a call).
 
-    The kernels get the caller's arrays as they are (writeable or not): a read-only input compiles its
-    own specialisation once, where a read-only view made on every call would cost each call."""
+    Class indices go to the C entry of :func:`.ce_kernels._ce_index_small`, as the plain call's fast
+    path does (one compiled kernel: the same bits). The probability kernel gets the caller's arrays as
+    they are (writeable or not): a read-only input compiles its own specialisation once, where a
+    read-only view made on every call would cost each call."""
     shape = x.shape
     n_cls = shape[0] if len(shape) == 1 else shape[1]
     loss_shape = () if len(shape) == 1 else (shape[0],) + shape[2:]
@@ -236,12 +239,25 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     else:
         tk = (t if t.dtype == np.intp and t.flags.c_contiguous else np.ascontiguousarray(t, dtype=np.intp))
         tk = tk if tk.ndim == 1 else tk.reshape(-1)
-        total, den, bad = _ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean", o2, with_grad,
-                                          inplace, loss, row)
+        # the kernel's machine code may assume aligned arrays: the rare unaligned one is copied, and an
+        # unaligned gradient buffer gets the gradient copied in from an aligned one
+        spill = None
+        if with_grad and not o2.flags.aligned:
+            spill, o2, inplace = o2, np.empty_like(o2), False
+        x2, tk, wc = _aligned(x2), _aligned(tk), _aligned(wc)
+        total, den, bad = softmax_small.ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean",
+                                                        o2, with_grad, inplace, loss, row)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
+        if spill is not None:
+            spill[...] = o2
     value = _reduce(loss, total, reduction, den, x.dtype, loss_shape)
     return value if grad is None else (value, (out,))
+
+
+def _aligned(a):
+    """``a``, or an aligned copy of it if it is not aligned."""
+    return a if a.flags.aligned else a.copy()
 
 
 def _readonly(a):

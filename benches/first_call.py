@@ -20,13 +20,15 @@ Nothing here is collected by asv (no ``time_`` functions); run it on a quiet mac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
+
+try:
+    from ._checkouts import run_child  # imported as benches.NAME (asv's discovery)
+except ImportError:
+    from _checkouts import run_child  # run as a script
 
 CHILD = r"""
 import json, sys, time
@@ -52,16 +54,9 @@ print(json.dumps({"file": fastloss.__file__, "import": t1 - t0, "first": t3 - t2
 def sample(path: str, cache_dir: str, pycache: str) -> dict:
     # bytecode as an installed package has it (written once, to a folder of this run's, not into
     # the checkout), whatever PYTHONDONTWRITEBYTECODE says here
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=os.path.abspath(path), PYTHONPYCACHEPREFIX=pycache)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPYCACHEPREFIX=pycache)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    # run from the cache's folder: `python -c` puts the working directory first on sys.path, and a
-    # checkout there would shadow PYTHONPATH's
-    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(cache_dir))
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    if not out.pop("file").startswith(os.path.abspath(path) + os.sep):
-        raise RuntimeError(f"the sample of {path} imported another fastloss")
-    return out
+    return run_child(path, CHILD, env=env, cwd=os.path.dirname(cache_dir))
 
 
 def main(argv=None) -> None:

@@ -19,11 +19,12 @@ Needs PyTorch. Nothing here is collected by asv (no ``time_`` functions); run it
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
+
+try:
+    from ._checkouts import run_child  # imported as benches.NAME (asv's discovery)
+except ImportError:
+    from _checkouts import run_child  # run as a script
 
 CHILD = r"""
 import json, sys, time
@@ -65,16 +66,6 @@ print(json.dumps(out))
 """
 
 
-def sample(path: str, calls: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
-    res = subprocess.run([sys.executable, "-c", CHILD, str(calls)], env=env, capture_output=True, text=True,
-                         check=True, cwd=tempfile.gettempdir())
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    if not out.pop("file").startswith(os.path.abspath(path) + os.sep):
-        raise RuntimeError(f"the sample of {path} imported another fastloss")
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--path", action="append", help="a checkout of fastloss (repeatable; default: this one)")
@@ -84,7 +75,7 @@ def main(argv=None) -> None:
     paths = args.path or [os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)]
     for _ in range(args.samples):
         for path in paths:
-            r = sample(path, args.calls)
+            r = run_child(path, CHILD, [args.calls])
             cells = [f"{k} {r[k + ' fastloss'] * 1e6:.2f} us (torch {r[k + ' torch'] * 1e6:.2f})"
                      for k in ("alone", "torch step", "value")]
             print(f"{os.path.abspath(path)}: " + "  ".join(cells), flush=True)

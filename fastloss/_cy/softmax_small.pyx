@@ -5,9 +5,10 @@ time around the kernel: in Python frames, NumPy's allocator and Numba's dispatch
 dozen arguments), each of them slower still when a torch step between two calls has evicted them from
 the caches. :func:`cross_entropy_fast` and :func:`nll_fast` recognise the plain call in C, allocate
 the results through NumPy's C API and call the softmax family's small-call kernel through its C entry
-point (:mod:`fastloss.families.softmax.fast`), which :func:`configure` hands over. They return the
-result, or ``None`` for every call they do not serve, which then takes the general path with all of
-its checks.
+point (``_ce_index_small`` / ``_nll_small`` of :mod:`fastloss.families.softmax.ce_kernels`, handed over
+by :mod:`fastloss.families.softmax.fast` through :func:`configure`). They return the result, or
+``None`` for every call they do not serve, which then takes the general path with all of its checks.
+:func:`ce_index_small` is the general path's door to the same kernel.
 
 The plain call: ``(input, target)`` and at most ``reduction='mean'`` or ``'sum'``; ``input (N, C)``
 float32 or float64 and ``target (N,)`` ``intp`` class indices, both exactly ``numpy.ndarray``,
@@ -117,17 +118,21 @@ cdef int _plain(tuple args, dict kwargs, object grad, bint rows_only) except -2:
     return mean
 
 
-cdef object _value(double total, double den, int mean, int typ):
-    """The reduced loss as the general path forms it: a 0-d array of the input's dtype."""
-    cdef double v = total
+cdef object _answer(intp bad, double* result, int mean, int typ, object grad, object g):
+    """A fast path's answer from its kernel's: ``None`` when a class index was out of range (``bad``),
+    else the reduced loss as the general path forms it (a 0-d array of the input's dtype from
+    ``result = (total, divisor)``), with ``grad`` as ``(value, (g,))``."""
+    if bad >= 0:
+        return None
+    cdef double v = result[0]
     if mean:
-        v = total / den if den != 0.0 else float("nan")
+        v = result[0] / result[1] if result[1] != 0.0 else float("nan")
     cdef cnp.ndarray a = cnp.PyArray_EMPTY(0, NULL, typ, 0)
     if typ == cnp.NPY_FLOAT32:
         (<float*>cnp.PyArray_DATA(a))[0] = <float>v
     else:
         (<double*>cnp.PyArray_DATA(a))[0] = v
-    return a
+    return a if grad is None else (a, (g,))
 
 
 cdef inline bint _fits(cnp.ndarray a, int typ):
@@ -174,39 +179,35 @@ def cross_entropy_fast(tuple args, dict kwargs, grad):
     cdef int mean = _plain(args, kwargs, grad, False)
     if mean < 0:
         return None
-    cdef cnp.ndarray x = <cnp.ndarray>args[0]
-    cdef cnp.ndarray t = <cnp.ndarray>args[1]
+    cdef cnp.ndarray x = <cnp.ndarray>args[0], t = <cnp.ndarray>args[1]
     cdef int typ = cnp.PyArray_TYPE(x)
-    cdef int dt = typ == cnp.NPY_FLOAT64
     cdef intp n = cnp.PyArray_DIM(x, 0)
     cdef intp c = cnp.PyArray_DIM(x, 1)
-    cdef ce_entry_t entry = <ce_entry_t>_entry(CE, dt)
-    cdef void* w = _ones_of(dt, c)
+    cdef ce_entry_t entry = <ce_entry_t>_entry(CE, typ == cnp.NPY_FLOAT64)
+    cdef void* w = _ones_of(typ == cnp.NPY_FLOAT64, c)
     cdef double result[2]
     cdef double stack[STACK_SCRATCH]
-    cdef void* scratch = stack
+    cdef void* scratch = stack  # a value's exponentials of a block of rows: max(C, block) elements
+    cdef void* out = stack
+    cdef intp n_out = 0, n_row = 0
     cdef intp bad
-    cdef cnp.ndarray g
+    cdef cnp.ndarray g = None
     if grad is not None:
         g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typ, 0)
-        bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, w, -100, 0.0, 1.0, result, 0, mean,
-                    cnp.PyArray_DATA(g), n * c, 1, 0, result, 0, scratch, 0, result)
+        out, n_out = cnp.PyArray_DATA(g), n * c
     else:
-        # the exponentials of a block of rows: max(C, block) elements
-        if c > STACK_SCRATCH or _block > STACK_SCRATCH:
-            scratch = PyMem_Malloc(max(c, _block) * sizeof(double))
+        n_row = max(c, _block)
+        if n_row > STACK_SCRATCH:
+            scratch = PyMem_Malloc(n_row * sizeof(double))
             if scratch == NULL:
                 raise MemoryError()
-        try:
-            bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, w, -100, 0.0, 1.0, result, 0, mean,
-                        scratch, 0, 0, 0, result, 0, scratch, max(c, _block), result)
-        finally:
-            if scratch != <void*>stack:
-                PyMem_Free(scratch)
-    if bad >= 0:
-        return None
-    value = _value(result[0], result[1], mean, typ)
-    return value if grad is None else (value, (g,))
+    try:
+        bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, w, -100, 0.0, 1.0, result, 0, mean, out,
+                    n_out, grad is not None, 0, result, 0, scratch, n_row, result)
+    finally:
+        if scratch != <void*>stack:
+            PyMem_Free(scratch)
+    return _answer(bad, result, mean, typ, grad, g)
 
 
 def nll_fast(tuple args, dict kwargs, grad):
@@ -214,14 +215,12 @@ def nll_fast(tuple args, dict kwargs, grad):
     cdef int mean = _plain(args, kwargs, grad, grad is None)
     if mean < 0:
         return None
-    cdef cnp.ndarray x = <cnp.ndarray>args[0]
-    cdef cnp.ndarray t = <cnp.ndarray>args[1]
+    cdef cnp.ndarray x = <cnp.ndarray>args[0], t = <cnp.ndarray>args[1]
     cdef int typ = cnp.PyArray_TYPE(x)
-    cdef int dt = typ == cnp.NPY_FLOAT64
-    cdef nll_entry_t entry = <nll_entry_t>_entry(NLL, dt)
+    cdef nll_entry_t entry = <nll_entry_t>_entry(NLL, typ == cnp.NPY_FLOAT64)
     cdef double result[2]
     cdef intp bad
-    cdef cnp.ndarray g
+    cdef cnp.ndarray g = None
     cdef void* out = result
     cdef intp n = cnp.PyArray_DIM(x, 0)
     cdef intp n_out = 0
@@ -230,7 +229,4 @@ def nll_fast(tuple args, dict kwargs, grad):
         out, n_out = cnp.PyArray_DATA(g), n
     bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, cnp.PyArray_DIM(x, 1), result, 0, -100, 1.0, mean,
                 out, n_out, grad is not None, result)
-    if bad >= 0:
-        return None
-    value = _value(result[0], result[1], mean, typ)
-    return value if grad is None else (value, (g,))
+    return _answer(bad, result, mean, typ, grad, g)

@@ -27,7 +27,7 @@ import importlib.util
 import numpy as np
 
 import fastloss
-from fastloss import bench
+from fastloss import bench, bench_cases
 from fastloss._registry import REGISTRY
 
 #: elements of the largest input: overhead-bound (fits in L2) and bandwidth-bound (16 MiB of float32 per
@@ -113,11 +113,11 @@ def implementation(impl: str, name: str, size: int, dtype: str) -> tuple:
     """``(value, value_and_grad)`` callables of one implementation on one loss's input, either
     ``None`` where it has no such operation; ``NotImplementedError`` where it is not available."""
     spec, case = make_case(name, size, dtype)
-    pos = bench.diff_positions(spec, case)
+    pos = bench_cases.diff_positions(spec, case)
     if impl == "fastloss":
-        return bench.fastloss_calls(spec, case)
+        return bench_cases.fastloss_calls(spec, case)
     if impl == "reference":
-        return None, bench.reference_call(spec, case)
+        return None, bench_cases.reference_call(spec, case)
     if impl in ("torch", "torch-cuda"):
         torch = _torch()
         device = None
@@ -125,7 +125,7 @@ def implementation(impl: str, name: str, size: int, dtype: str) -> tuple:
             if not torch.cuda.is_available():
                 raise NotImplementedError("PyTorch sees no CUDA device")
             device = "cuda"
-        calls = bench.torch_calls(torch, spec, case, pos, device=device)
+        calls = bench_cases.torch_calls(torch, spec, case, pos, device=device)
         if calls is None:
             raise NotImplementedError(f"PyTorch has no equivalent of {name}")
         if device is None:
@@ -133,7 +133,7 @@ def implementation(impl: str, name: str, size: int, dtype: str) -> tuple:
         return tuple(_synchronised(c, torch.cuda.synchronize) for c in calls)
     if impl == "fastloss-cupy":
         on_gpu, sync = cupy_case(case)
-        return tuple(_synchronised(c, sync) for c in bench.fastloss_calls(spec, on_gpu))
+        return tuple(_synchronised(c, sync) for c in bench_cases.fastloss_calls(spec, on_gpu))
     raise ValueError(f"unknown implementation {impl!r}")
 
 

@@ -34,7 +34,7 @@ def block_for(table: str, argv: list, when: datetime.date) -> str:
 
 
 def main(argv: list) -> int:
-    from fastloss import bench
+    from fastloss import bench, bench_report
     from fastloss.__main__ import build_parser
 
     parser = build_parser()
@@ -43,7 +43,7 @@ def main(argv: list) -> int:
         parser.error("update_readme.py writes the table: leave out --json and --plot")
     report = bench.measure(args, args.parser)
     text = README.read_text(encoding="utf-8")
-    README.write_text(replace_block(text, block_for(bench.format_table(report), argv, datetime.date.today())),
+    README.write_text(replace_block(text, block_for(bench_report.format_table(report), argv, datetime.date.today())),
                       encoding="utf-8")
     print(f"{README}: benchmark section rewritten" + (" (NOISY RUN: rerun on a quiet machine)" if report.noisy else ""))
     return 0

@@ -45,8 +45,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import bench as B
 from ._registry import REGISTRY, value_and_grad
+from .bench import Progress, check_arguments, family_problem
+from .bench_cases import (bytes_moved, diff_positions, grads_rel_err, incoming_gradient, leading_rows, loss_size,
+                          reference_call, reference_rows, rel_err)
+from .bench_report import Measurement, Row, _finite_or_null, _fmt_time
+from .bench_timing import DEFAULT, QUICK, Timing
 
 SCHEMA = "fastloss-bench-cuda/1"
 #: Calls per timed batch: enough that one synchronisation does not dominate small calls.
@@ -74,7 +78,7 @@ def gpu_problem() -> Optional[str]:
 # --------------------------------------------------------------------------------------------------
 # Timing on the GPU
 # --------------------------------------------------------------------------------------------------
-def time_gpu(fn: Callable, sync: Callable, settings) -> B.Timing:
+def time_gpu(fn: Callable, sync: Callable, settings) -> Timing:
     """Seconds per call of ``fn`` over batches of back-to-back calls, the device synchronised before and
     after each batch (the host's launch overhead is part of the time, as users pay it). The bench reports
     the mean over batches (``mean_s``); ``repeats`` counts the timed calls."""
@@ -98,7 +102,7 @@ def time_gpu(fn: Callable, sync: Callable, settings) -> B.Timing:
             break
         if len(times) >= settings.min_repeats and elapsed >= settings.budget_s:
             break
-    return dataclasses.replace(B.Timing.of(times), repeats=len(times) * batch)
+    return dataclasses.replace(Timing.of(times), repeats=len(times) * batch)
 
 
 def copy_bandwidth(cupy, elements: int, repeats: int) -> tuple:
@@ -122,15 +126,15 @@ def copy_bandwidth(cupy, elements: int, repeats: int) -> tuple:
 # One loss
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class GPUMeasurement(B.Measurement):
-    """:class:`fastloss.bench.Measurement` on the GPU, with Liger-Kernel as one more peer."""
+class GPUMeasurement(Measurement):
+    """:class:`fastloss.bench_report.Measurement` on the GPU, with Liger-Kernel as one more peer."""
 
     liger_time_s: Optional[float] = None
     speedup_vs_liger: Optional[float] = None
 
 
-class GPURow(B.Row):
-    """:class:`fastloss.bench.Row` of GPU measurements (``wall_s`` unused)."""
+class GPURow(Row):
+    """:class:`fastloss.bench_report.Row` of GPU measurements (``wall_s`` unused)."""
 
 
 def _to_gpu(cupy, case):
@@ -172,14 +176,14 @@ def _liger_cross_entropy():
 def bench_loss_gpu(cupy, spec, dtype, size, settings, copy_gbs, torch, liger, progress) -> GPURow:
     rng = np.random.default_rng(0)
     case = spec.bench(rng, np.dtype(dtype), size)
-    pos = B.diff_positions(spec, case)
+    pos = diff_positions(spec, case)
     label = f"{spec.name} {dtype}"
     gcase = _to_gpu(cupy, case)
     sync = cupy.cuda.get_current_stream().synchronize
 
     progress.step(f"{label}: fastloss")
     value0 = spec.fn(*gcase.args, **gcase.kwargs)
-    go = B.incoming_gradient(_host(value0), rng)
+    go = incoming_gradient(_host(value0), rng)
     ggo = None if go is None else cupy.asarray(go)
     outs = tuple(cupy.empty_like(gcase.args[p]) for p in pos)
     vg = value_and_grad(spec.fn)
@@ -193,24 +197,24 @@ def bench_loss_gpu(cupy, spec, dtype, size, settings, copy_gbs, torch, liger, pr
 
     t_value = time_gpu(value, sync, settings)
     t_vg = time_gpu(value_grad, sync, settings)
-    v_bytes, vg_bytes = B.bytes_moved(spec.name, case, _host(value0), [_host(o) for o in outs], go)
+    v_bytes, vg_bytes = bytes_moved(spec.name, case, _host(value0), [_host(o) for o in outs], go)
     v, g = _measure(t_value, v_bytes, copy_gbs), _measure(t_vg, vg_bytes, copy_gbs)
     x = case.args[pos[0]]
     row = GPURow(spec.name, dtype, tuple(x.shape), int(x.size), v, g)
 
     progress.step(f"{label}: float64 reference")
     err_case, err_go = case, go
-    row.reference_rows = B.reference_rows(case, pos[0])
+    row.reference_rows = reference_rows(case, pos[0])
     if row.reference_rows is not None:
-        err_case, err_go = B.leading_rows(case, x.shape[0], row.reference_rows, go)
+        err_case, err_go = leading_rows(case, x.shape[0], row.reference_rows, go)
         row.notes.append(f"errors from the first {row.reference_rows} of {x.shape[0]} rows (float64 reference)")
     ecase = _to_gpu(cupy, err_case)
     got_v, got_g = vg(*ecase.args, grad_output=None if err_go is None else cupy.asarray(err_go), **ecase.kwargs)
     got_g = (got_g,) if len(pos) == 1 else tuple(got_g)
-    ref_v, ref_g = B.reference_call(spec, err_case, err_go)()
-    v.rel_err = v.value_rel_err = B.rel_err(_host(value()) if err_case is case else _host(got_v), ref_v)
-    g.value_rel_err = B.rel_err(_host(got_v), ref_v)
-    g.rel_err = B.grads_rel_err([_host(a) for a in got_g], ref_g)
+    ref_v, ref_g = reference_call(spec, err_case, err_go)()
+    v.rel_err = v.value_rel_err = rel_err(_host(value()) if err_case is case else _host(got_v), ref_v)
+    g.value_rel_err = rel_err(_host(got_v), ref_v)
+    g.rel_err = grads_rel_err([_host(a) for a in got_g], ref_g)
     del got_v, got_g
 
     progress.step(f"{label}: torch")
@@ -245,7 +249,7 @@ def bench_loss_gpu(cupy, spec, dtype, size, settings, copy_gbs, torch, liger, pr
         g.torch_time_s, g.speedup_vs_torch = t_fb.mean_s, t_fb.mean_s / t_vg.mean_s
         if err_case is case:
             _, tg = t_forward_backward()
-            g.torch_rel_err = B.grads_rel_err([t.detach().cpu().double().numpy() for t in tg], ref_g)
+            g.torch_rel_err = grads_rel_err([t.detach().cpu().double().numpy() for t in tg], ref_g)
 
     if liger is not None and torch is not None and spec.name == "cross_entropy":
         progress.step(f"{label}: Liger-Kernel")
@@ -291,19 +295,19 @@ def run(names, settings, *, size=None, use_torch=True, progress_enabled=False) -
     liger = _liger_cross_entropy() if torch is not None else None
     todo, skipped = [], []
     for name in names:
-        problem = B.family_problem(REGISTRY[name])
+        problem = family_problem(REGISTRY[name])
         if problem:
             skipped.append({"loss": name, "dtype": None, "reason": problem})
         else:
             todo.extend((name, dt) for dt in settings.dtypes)
-    progress = B.Progress(1 + 4 * len(todo), progress_enabled)
+    progress = Progress(1 + 4 * len(todo), progress_enabled)
     progress.step("copy bandwidth")
     copy_gbs, copy_bytes = copy_bandwidth(cupy, settings.bandwidth_elements, settings.bandwidth_repeats)
     rows = []
     try:
         for i, (name, dt) in enumerate(todo, 1):
             try:
-                rows.append(bench_loss_gpu(cupy, REGISTRY[name], dt, B.loss_size(name, size, settings.size_scale),
+                rows.append(bench_loss_gpu(cupy, REGISTRY[name], dt, loss_size(name, size, settings.size_scale),
                                            settings, copy_gbs, torch, liger, progress))
             except Exception as exc:  # one broken loss must not end the run
                 skipped.append({"loss": name, "dtype": dt, "reason": f"{type(exc).__name__}: {exc}"})
@@ -318,7 +322,7 @@ def run(names, settings, *, size=None, use_torch=True, progress_enabled=False) -
                 "numba_cuda": _version("numba-cuda"), "torch": torch.__version__ if torch is not None else None,
                 "liger_kernel": _version("liger-kernel") if liger is not None else None}
     meta = {"mode": settings.mode, "dtypes": list(settings.dtypes), "size_scale": settings.size_scale,
-            "budget_s": settings.budget_s, "sizes": {n: B.loss_size(n, size, settings.size_scale) for n in names}}
+            "budget_s": settings.budget_s, "sizes": {n: loss_size(n, size, settings.size_scale) for n in names}}
     device = {"name": name, "copy_gbs": copy_gbs, "copy_bytes": copy_bytes}
     return GPUReport(versions, device, meta, rows, skipped)
 
@@ -351,7 +355,7 @@ def format_table(report: GPUReport) -> str:
         for op, m, first in (("value", r.value, True), ("v+grad", r.value_and_grad, False)):
             err = "-" if m.rel_err is None or math.isnan(m.rel_err) else f"{m.rel_err:.1e}"
             body.append((r.loss if first else "", r.dtype if first else "", shape if first else "", op,
-                         B._fmt_time(m.time_s), f"{m.gbs:.1f}", f"{100 * m.bw_fraction:.0f}%",
+                         _fmt_time(m.time_s), f"{m.gbs:.1f}", f"{100 * m.bw_fraction:.0f}%",
                          _ratio(m.speedup_vs_torch), _ratio(m.speedup_vs_liger), err))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
 
@@ -408,12 +412,12 @@ def write_plot(report: GPUReport, path: str) -> None:
 
 def main(args, parser) -> int:
     """Run ``fastloss bench --device cuda`` with parsed ``args``; returns the exit status."""
-    names, dtypes = B.check_arguments(parser, args)
+    names, dtypes = check_arguments(parser, args)
     problem = gpu_problem()
     if problem is not None:
         print(f"fastloss bench --device cuda cannot run here: {problem}", file=sys.stderr)
         return 1
-    base = B.QUICK if args.quick else B.DEFAULT
+    base = QUICK if args.quick else DEFAULT
     settings = dataclasses.replace(base, dtypes=tuple(dtypes) or base.dtypes)
     if args.size_scale is not None:
         settings = dataclasses.replace(
@@ -422,7 +426,7 @@ def main(args, parser) -> int:
     progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     report = run(names, settings, size=args.size, use_torch=not args.no_torch, progress_enabled=progress)
     if args.json:
-        json.dump(B._finite_or_null(report.to_json()), sys.stdout, indent=2, allow_nan=False)
+        json.dump(_finite_or_null(report.to_json()), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(format_table(report))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import bench
+from fastloss import bench, bench_cases, bench_report, bench_timing
 from fastloss.__main__ import main
 from fastloss._registry import REGISTRY, Case, LossSpec
 
@@ -199,10 +199,10 @@ def test_loss_and_dtype_lists_are_parsed():
 
 
 def test_headline_is_in_the_default_run():
-    assert bench.DEFAULT.dtypes == ("float32",)
-    assert bench.loss_size("cross_entropy", None, 1.0) == 8192 * 32000
-    assert bench.loss_size("mse_loss", None, 1.0) == bench.DEFAULT_SIZE
-    assert bench.loss_size("cross_entropy", 1000, 0.5) == 500
+    assert bench_timing.DEFAULT.dtypes == ("float32",)
+    assert bench_cases.loss_size("cross_entropy", None, 1.0) == 8192 * 32000
+    assert bench_cases.loss_size("mse_loss", None, 1.0) == bench_cases.DEFAULT_SIZE
+    assert bench_cases.loss_size("cross_entropy", 1000, 0.5) == 500
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,13 +221,13 @@ def test_json_shape_and_contents(fake_losses, capsys):
     bw = report["bandwidth"]
     assert bw["method"] == "numba" and bw["read_gbs"] > 0 and bw["triad_gbs"] > 0
     # measured at the start (bandwidth_repeats) and once after each loss tried (4 losses x 2 dtypes)
-    assert len(bw["read_samples_gbs"]) == bench.DEFAULT.bandwidth_repeats + 8
+    assert len(bw["read_samples_gbs"]) == bench_timing.DEFAULT.bandwidth_repeats + 8
     assert bw["read_gbs"] == max(bw["read_samples_gbs"]) and bw["triad_gbs"] == max(bw["triad_samples_gbs"])
     assert bw["noisy"] == (max(bw["read_spread"], bw["triad_spread"]) > 0.2) == report["noisy"]
 
     rows = by_loss(report)
     assert set(rows) == {(n, d) for n in ("fake_mse", "fake_wrong", "fake_untorched") for d in ("float32", "float64")}
-    n = bench.loss_size("fake_mse", None, 1e-3)
+    n = bench_cases.loss_size("fake_mse", None, 1e-3)
     for (name, dtype), row in rows.items():
         item = np.dtype(dtype).itemsize
         assert row["shape"] == [n] and row["elements"] == n
@@ -263,7 +263,7 @@ def test_unreduced_loss_gets_a_random_incoming_gradient(fake_losses, capsys):
     """An unreduced output is differentiated with a random grad_output, read by the kernel: a loss that
     ignores it shows a large gradient error."""
     rows = by_loss(run_json(capsys, "--loss", "fake_none,fake_none_deaf", "--dtype", "float64"))
-    n = bench.loss_size("fake_none", None, 1e-3)
+    n = bench_cases.loss_size("fake_none", None, 1e-3)
     honest, deaf = rows["fake_none", "float64"], rows["fake_none_deaf", "float64"]
     assert honest["value"]["bytes"] == 3 * 8 * n  # input, target read; output written
     assert honest["value_and_grad"]["bytes"] == 5 * 8 * n  # ... grad_output read, gradient written
@@ -274,7 +274,7 @@ def test_unreduced_loss_gets_a_random_incoming_gradient(fake_losses, capsys):
 
 
 def test_reference_on_leading_rows_for_huge_inputs(fake_losses, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "REFERENCE_ELEMENTS", 100)
+    monkeypatch.setattr(bench_cases, "REFERENCE_ELEMENTS", 100)
     rows = by_loss(run_json(capsys, "--loss", "fake_none,fake_wrong", "--dtype", "float64"))
     for name in ("fake_none", "fake_wrong"):
         row = rows[name, "float64"]
@@ -291,11 +291,11 @@ def test_reference_on_leading_rows_for_huge_inputs(fake_losses, monkeypatch, cap
 def test_leading_rows_cuts_positional_arrays_of_that_length():
     x, t, w = np.zeros((6, 4)), np.arange(6), np.ones(4)
     go = np.ones((6, 4))
-    case, g = bench.leading_rows(Case((x, t, 2.5), {"weight": w}), 6, 2, go)
+    case, g = bench_cases.leading_rows(Case((x, t, 2.5), {"weight": w}), 6, 2, go)
     assert case.args[0].shape == (2, 4) and list(case.args[1]) == [0, 1] and case.args[2] == 2.5
     assert case.kwargs["weight"] is w and g.shape == (2, 4)
-    assert bench.reference_rows(Case((x, t)), 0, limit=24) is None
-    assert bench.reference_rows(Case((x, t)), 0, limit=9) == 2
+    assert bench_cases.reference_rows(Case((x, t)), 0, limit=24) is None
+    assert bench_cases.reference_rows(Case((x, t)), 0, limit=9) == 2
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
@@ -359,19 +359,19 @@ def test_json_stdout_is_pure_json_with_plot(fake_losses, tmp_path, capsys):
 # Pieces
 # --------------------------------------------------------------------------------------------------
 def test_rel_err():
-    assert bench.rel_err(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
-    assert bench.rel_err(np.float32(3.0), 3.0) == 0.0
-    assert bench.rel_err(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
-    assert np.isnan(bench.rel_err(np.array([np.nan]), np.array([1.0])))
-    assert bench.rel_err(np.array([1e-3]), np.array([0.0])) == pytest.approx(1e-3)  # absolute at zero
-    assert bench.rel_err(np.array([np.inf, 2.0]), np.array([np.inf, 4.0])) == pytest.approx(0.5)
-    assert bench.rel_err(np.array([-np.inf, 4.0]), np.array([np.inf, 4.0])) == np.inf
-    assert bench.rel_err(np.float32(1.5), np.float64(1.0)) == pytest.approx(0.5)
+    assert bench_cases.rel_err(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
+    assert bench_cases.rel_err(np.float32(3.0), 3.0) == 0.0
+    assert bench_cases.rel_err(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
+    assert np.isnan(bench_cases.rel_err(np.array([np.nan]), np.array([1.0])))
+    assert bench_cases.rel_err(np.array([1e-3]), np.array([0.0])) == pytest.approx(1e-3)  # absolute at zero
+    assert bench_cases.rel_err(np.array([np.inf, 2.0]), np.array([np.inf, 4.0])) == pytest.approx(0.5)
+    assert bench_cases.rel_err(np.array([-np.inf, 4.0]), np.array([np.inf, 4.0])) == np.inf
+    assert bench_cases.rel_err(np.float32(1.5), np.float64(1.0)) == pytest.approx(0.5)
 
 
 def test_memory_bandwidth_counts_bytes_as_stream():
-    bw = bench.memory_bandwidth(1 << 14, repeats=2)
-    passes = bench.BANDWIDTH_PASSES
+    bw = bench_timing.memory_bandwidth(1 << 14, repeats=2)
+    passes = bench_timing.BANDWIDTH_PASSES
     assert bw.read_bytes == passes * 8 * (1 << 14) and bw.triad_bytes == passes * 3 * 8 * (1 << 13)
     assert bw.read_gbs > 0 and bw.triad_gbs > 0
 
@@ -379,9 +379,9 @@ def test_memory_bandwidth_counts_bytes_as_stream():
 @pytest.mark.parametrize("threads", [1, 3])
 def test_numba_bandwidth_kernels_compute_what_they_claim(threads):
     x = np.arange(1000, dtype=np.float64)
-    assert bench._read_pass(x, threads, 3) == pytest.approx(3 * x.sum())
+    assert bench_timing._read_pass(x, threads, 3) == pytest.approx(3 * x.sum())
     a, b, c = np.zeros(1001), np.arange(1001.0), np.ones(1001)
-    bench._triad_pass(a, b, c, 3.0, threads, 2)
+    bench_timing._triad_pass(a, b, c, 3.0, threads, 2)
     np.testing.assert_array_equal(a, b + 4.0 * c)  # the last pass uses scalar + 1
 
 
@@ -431,33 +431,33 @@ def test_every_available_real_loss_runs(capsys):
 def test_interleaved_rounds_alternate_and_count():
     order = []
     calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b"), "c": lambda: order.append("c")}
-    settings = bench.Settings(budget_s=10.0, min_repeats=3, max_repeats=3)
-    timings, _ = bench.time_interleaved(calls, settings, warmup=("b",))
+    settings = bench_timing.Settings(budget_s=10.0, min_repeats=3, max_repeats=3)
+    timings, _ = bench_timing.time_interleaved(calls, settings, warmup=("b",))
     assert order == ["b", "a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then rounds both ways
     assert all(t.repeats == 3 for t in timings.values())
 
 
 def test_slow_rounds_stop_early_fast_ones_do_not(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench_timing.time, "perf_counter", lambda: clock[0])
 
     def taking(seconds):
         def call():
             clock[0] += seconds
         return call
 
-    settings = bench.Settings(budget_s=0.2, min_repeats=3, max_repeats=15)
-    fast, _ = bench.time_interleaved({"f": taking(0.1), "peer": taking(1.0)}, settings)
+    settings = bench_timing.Settings(budget_s=0.2, min_repeats=3, max_repeats=15)
+    fast, _ = bench_timing.time_interleaved({"f": taking(0.1), "peer": taking(1.0)}, settings)
     assert fast["f"].repeats == 3  # rounds of 1.1 s: slower than the budget, still min_repeats of them
-    slow, _ = bench.time_interleaved({"f": taking(0.1), "peer": taking(6.0)}, settings)
+    slow, _ = bench_timing.time_interleaved({"f": taking(0.1), "peer": taking(6.0)}, settings)
     assert slow["f"].repeats == 1 and slow["peer"].mean_s == pytest.approx(6.0)
 
 
 def test_timing_reports_mean_and_spread():
-    t = bench.Timing.of([1.0, 2.0, 6.0])
+    t = bench_timing.Timing.of([1.0, 2.0, 6.0])
     assert t.mean_s == 3.0 and t.median_s == 2.0 and t.min_s == 1.0
     assert t.spread == pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1) / 3.0)
-    assert bench.Timing.of([0.5]).spread == 0.0
+    assert bench_timing.Timing.of([0.5]).spread == 0.0
 
 
 def _fake_probe(monkeypatch, reads):
@@ -469,7 +469,7 @@ def _fake_probe(monkeypatch, reads):
         self.read.append(value)
         self.triad.append(value * 0.8)
 
-    monkeypatch.setattr(bench.BandwidthProbe, "sample", sample)
+    monkeypatch.setattr(bench_timing.BandwidthProbe, "sample", sample)
 
 
 def test_disagreeing_bandwidth_flags_the_run_noisy(fake_losses, monkeypatch, capsys):
@@ -519,9 +519,9 @@ def test_plug_in_section_shares_the_outputs(fake_losses, monkeypatch, capsys, tm
         spec = REGISTRY["fake_mse"]
         row = bench.bench_loss(spec, "float64", 1000, context.settings, None, context.progress)
         context.probe.sample()
-        return bench.Section("fake", "fake section: fake_mse on another device", rows=[row],
-                             notes=["a note of the section"], peers=("vs ref", "vs other"),
-                             bandwidth_fractions=False)
+        return bench_report.Section("fake", "fake section: fake_mse on another device", rows=[row],
+                                    notes=["a note of the section"], peers=("vs ref", "vs other"),
+                                    bandwidth_fractions=False)
 
     mod.add_arguments, mod.section = add_arguments, section
     monkeypatch.setitem(sys.modules, mod.__name__, mod)

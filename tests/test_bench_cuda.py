@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from fastloss import bench, bench_cuda
+from fastloss import bench_cuda, bench_report, bench_timing
 from fastloss.__main__ import main
 
 #: Where the fastloss under test lives (the installed wheel in CI, not the unbuilt source tree).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench_cuda.__file__)))
 
 
 def _gpu_present() -> bool:
@@ -55,8 +55,8 @@ def test_bad_arguments_are_refused_before_looking_for_a_gpu(capsys):
 
 def test_batch_timer_counts_the_calls_of_each_batch():
     calls, syncs = [], []
-    t = bench_cuda.time_gpu(lambda: calls.append(1), lambda: syncs.append(1), bench.QUICK)
-    assert t.median_s > 0 and t.repeats >= bench.QUICK.min_repeats
+    t = bench_cuda.time_gpu(lambda: calls.append(1), lambda: syncs.append(1), bench_timing.QUICK)
+    assert t.median_s > 0 and t.repeats >= bench_timing.QUICK.min_repeats
     assert len(calls) == t.repeats + 2  # two warm-up calls, then whole batches
 
 
@@ -77,7 +77,7 @@ def test_table_and_json_formats():
     text = bench_cuda.format_table(_report())
     assert "Some GPU" in text and "4274.0 GB/s" in text and "cross_entropy" in text
     assert "2x" in text and "1.5x" in text and "50%" in text and "a note" in text and "skipped mse_loss" in text
-    data = json.loads(json.dumps(bench._finite_or_null(_report().to_json()), allow_nan=False))
+    data = json.loads(json.dumps(bench_report._finite_or_null(_report().to_json()), allow_nan=False))
     assert data["schema"] == bench_cuda.SCHEMA and data["device"]["copy_gbs"] == 4274.0
     assert data["results"][0]["value"]["torch_rel_err"] is None
     assert data["results"][0]["value_and_grad"]["speedup_vs_liger"] == 1.5

@@ -22,6 +22,7 @@ memory is asv's (the process's peak RSS; host memory only), but every ``setup`` 
 kernel's peak-RSS mark (Linux), so that ``peakmem_*`` is the memory held after setup plus the peak of
 the measured call, not the temporaries of building the inputs or of the warm-up calls.
 """
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -95,7 +96,7 @@ def cupy_case(case):
     def up(a):
         return cp.asarray(a) if isinstance(a, np.ndarray) else a
 
-    on_gpu = bench.dataclasses.replace(case, args=tuple(up(a) for a in case.args),
+    on_gpu = dataclasses.replace(case, args=tuple(up(a) for a in case.args),
                                        kwargs={k: up(v) for k, v in case.kwargs.items()})
     return on_gpu, cp.cuda.get_current_stream().synchronize
 

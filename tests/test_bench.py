@@ -7,6 +7,7 @@ is available. Timings are never asserted on.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.machinery
 import importlib.util
 import json
@@ -187,7 +188,7 @@ def test_unknown_loss_from_the_command_line():
 
 
 def test_loss_and_dtype_lists_are_parsed():
-    parser = bench.argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--loss", "mse_loss,l1_loss", "--loss", "mse_loss", "--loss", "kl_div",
                               "--dtype", "all"])

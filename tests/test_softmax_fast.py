@@ -171,18 +171,17 @@ def test_the_entry_refuses_arrays_that_do_not_fit():
     w = np.ones(3, np.float32)
     none = np.empty(0)
     row = np.empty(12, np.float32)
-    assert softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, none, True, row[:0], False, False, none, row)[2] == -1
+    assert softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, none, True, row[:0], False, False, none)[2] == -1
     with pytest.raises(ValueError):
-        softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, none, True, row[:5], True, False, none, row)
+        softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, none, True, row[:5], True, False, none)
     with pytest.raises(ValueError):
-        softmax_small.ce_index_small(x, t[:3], w, -100, 0.0, 1.0, none, True, row, True, False, none, row)
+        softmax_small.ce_index_small(x, t[:3], w, -100, 0.0, 1.0, none, True, row, True, False, none)
     with pytest.raises(ValueError):
-        softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, np.empty(2), True, row, True, False, none, row)
+        softmax_small.ce_index_small(x, t, w, -100, 0.0, 1.0, np.empty(2), True, row, True, False, none)
     with pytest.raises(TypeError):
-        softmax_small.ce_index_small(x, t, w.astype(np.float64), -100, 0.0, 1.0, none, True, row, True, False, none,
-                                     row)
+        softmax_small.ce_index_small(x, t, w.astype(np.float64), -100, 0.0, 1.0, none, True, row, True, False, none)
     with pytest.raises(TypeError):
-        softmax_small.ce_index_small(x, t, _unaligned(w), -100, 0.0, 1.0, none, True, row, True, False, none, row)
+        softmax_small.ce_index_small(x, t, _unaligned(w), -100, 0.0, 1.0, none, True, row, True, False, none)
 
 
 def test_fast_path_from_several_threads():

@@ -135,41 +135,60 @@ cdef object _answer(intp bad, double* result, int mean, int typ, object grad, ob
     return a if grad is None else (a, (g,))
 
 
+cdef intp _call_ce(ce_entry_t entry, cnp.ndarray x, cnp.ndarray t, void* w, intp ignore_index, double eps,
+                   double g, double* gvec, intp n_gvec, int mean, void* out, intp n_out, bint with_grad,
+                   bint inplace, double* loss, intp n_loss, double* result) except -2:
+    """Call the cross-entropy entry on ``x (N, C)``, ``t (N,)``; a value alone (no ``with_grad``) gets
+    the kernel's scratch for the exponentials of a block of rows, ``max(C, block)`` elements, on the
+    stack when they fit there, else from the heap."""
+    cdef intp n = cnp.PyArray_DIM(x, 0)
+    cdef intp c = cnp.PyArray_DIM(x, 1)
+    cdef double stack[STACK_SCRATCH]
+    cdef void* scratch = stack
+    cdef intp n_row = 0 if with_grad else max(c, _block)
+    if n_row > STACK_SCRATCH:
+        scratch = PyMem_Malloc(n_row * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+    try:
+        return entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, w, ignore_index, eps, g, gvec, n_gvec,
+                     mean, out, n_out, with_grad, inplace, loss, n_loss, scratch, n_row, result)
+    finally:
+        if scratch != <void*>stack:
+            PyMem_Free(scratch)
+
+
 cdef inline bint _fits(cnp.ndarray a, int typ):
     """``a`` is of type ``typ``, C-contiguous, aligned and in native byte order (the entries' types)."""
     return cnp.PyArray_TYPE(a) == typ and cnp.PyArray_ISCARRAY_RO(a)
 
 
 def ce_index_small(cnp.ndarray x, cnp.ndarray t, cnp.ndarray w, intp ignore_index, double eps, double g,
-                   cnp.ndarray gvec, bint mean, cnp.ndarray out, bint with_grad, bint inplace, cnp.ndarray loss,
-                   cnp.ndarray row):
+                   cnp.ndarray gvec, bint mean, cnp.ndarray out, bint with_grad, bint inplace, cnp.ndarray loss):
     """The general path's call of the small cross-entropy kernel (``_ce_index_small``'s arguments as
-    arrays) through the entry the fast path calls, so that both give the same bits: ``(total, den,
-    bad)``. Every array must be C-contiguous, aligned, in native byte order and of the kernel's dtype
-    (``x``'s for ``w``, ``out`` and ``row``; ``intp`` for ``t``, float64 for ``gvec`` and ``loss``),
+    arrays, its scratch provided here) through the entry the fast path calls, so that both give the
+    same bits: ``(total, den, bad)``. Every array must be C-contiguous, aligned, in native byte order
+    and of the kernel's dtype (``x``'s for ``w`` and ``out``; ``intp`` for ``t``, float64 for ``gvec``
+    and ``loss``),
     ``x`` of shape ``(N, C)`` with ``t (N,)`` and ``w (C,)``: ``TypeError`` or ``ValueError``
     otherwise (the driver's mistake, not the caller's)."""
     cdef int typ = cnp.PyArray_TYPE(x)
     if cnp.PyArray_NDIM(x) != 2 or (typ != cnp.NPY_FLOAT32 and typ != cnp.NPY_FLOAT64):
         raise TypeError("ce_index_small: x must be a 2-D float32 or float64 array")
     if not (_fits(x, typ) and _fits(t, cnp.NPY_INTP) and _fits(w, typ) and _fits(gvec, cnp.NPY_FLOAT64)
-            and _fits(out, typ) and _fits(loss, cnp.NPY_FLOAT64) and _fits(row, typ)):
+            and _fits(out, typ) and _fits(loss, cnp.NPY_FLOAT64)):
         raise TypeError("ce_index_small: an array is not C-contiguous, aligned and native of the kernel's dtype")
     cdef intp n = cnp.PyArray_DIM(x, 0)
     cdef intp c = cnp.PyArray_DIM(x, 1)
     cdef intp n_out = cnp.PyArray_SIZE(out), n_gvec = cnp.PyArray_SIZE(gvec), n_loss = cnp.PyArray_SIZE(loss)
-    cdef intp n_row = cnp.PyArray_SIZE(row)
     # the kernel writes what these say, unchecked: sizes that do not fit would write past the buffers
     if (cnp.PyArray_SIZE(t) != n or cnp.PyArray_SIZE(w) != c or (with_grad and n_out != n * c)
-            or (n_gvec != 0 and n_gvec != n) or (n_loss != 0 and n_loss != n)
-            or (not with_grad and n_row < max(c, min(n * c, (_block // c) * c)))):
+            or (n_gvec != 0 and n_gvec != n) or (n_loss != 0 and n_loss != n)):
         raise ValueError("ce_index_small: an array's size does not match the input's")
-    cdef ce_entry_t entry = <ce_entry_t>_entry(CE, typ == cnp.NPY_FLOAT64)
     cdef double result[2]
-    cdef intp bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, cnp.PyArray_DATA(w), ignore_index,
-                          eps, g, <double*>cnp.PyArray_DATA(gvec), n_gvec, mean, cnp.PyArray_DATA(out), n_out,
-                          with_grad, inplace, <double*>cnp.PyArray_DATA(loss), n_loss, cnp.PyArray_DATA(row), n_row,
-                          result)
+    cdef intp bad = _call_ce(<ce_entry_t>_entry(CE, typ == cnp.NPY_FLOAT64), x, t, cnp.PyArray_DATA(w), ignore_index,
+                             eps, g, <double*>cnp.PyArray_DATA(gvec), n_gvec, mean, cnp.PyArray_DATA(out), n_out,
+                             with_grad, inplace, <double*>cnp.PyArray_DATA(loss), n_loss, result)
     return result[0], result[1], bad
 
 
@@ -183,30 +202,15 @@ def cross_entropy_fast(tuple args, dict kwargs, grad):
     cdef int typ = cnp.PyArray_TYPE(x)
     cdef intp n = cnp.PyArray_DIM(x, 0)
     cdef intp c = cnp.PyArray_DIM(x, 1)
-    cdef ce_entry_t entry = <ce_entry_t>_entry(CE, typ == cnp.NPY_FLOAT64)
-    cdef void* w = _ones_of(typ == cnp.NPY_FLOAT64, c)
+    cdef int dt = typ == cnp.NPY_FLOAT64
     cdef double result[2]
-    cdef double stack[STACK_SCRATCH]
-    cdef void* scratch = stack  # a value's exponentials of a block of rows: max(C, block) elements
-    cdef void* out = stack
-    cdef intp n_out = 0, n_row = 0
-    cdef intp bad
     cdef cnp.ndarray g = None
+    cdef void* out = result  # (a value alone: no gradient buffer, nothing written there)
     if grad is not None:
         g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typ, 0)
-        out, n_out = cnp.PyArray_DATA(g), n * c
-    else:
-        n_row = max(c, _block)
-        if n_row > STACK_SCRATCH:
-            scratch = PyMem_Malloc(n_row * sizeof(double))
-            if scratch == NULL:
-                raise MemoryError()
-    try:
-        bad = entry(cnp.PyArray_DATA(x), <intp*>cnp.PyArray_DATA(t), n, c, w, -100, 0.0, 1.0, result, 0, mean, out,
-                    n_out, grad is not None, 0, result, 0, scratch, n_row, result)
-    finally:
-        if scratch != <void*>stack:
-            PyMem_Free(scratch)
+        out = cnp.PyArray_DATA(g)
+    cdef intp bad = _call_ce(<ce_entry_t>_entry(CE, dt), x, t, _ones_of(dt, c), -100, 0.0, 1.0, result, 0, mean, out,
+                             n * c if grad is not None else 0, grad is not None, False, result, 0, result)
     return _answer(bad, result, mean, typ, grad, g)
 
 

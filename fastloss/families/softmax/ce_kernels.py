@@ -249,12 +249,6 @@ _SMALL_BLOCK = 1024
 _PRODUCT_LIMIT = 1e250
 
 
-def small_scratch(n_rows, n_cls, dtype):
-    """The scratch buffer :func:`_ce_index_small` needs for a value-only call of ``(n_rows, n_cls)``
-    (a block of rows' exponentials)."""
-    return np.empty(max(n_cls, min(n_rows * n_cls, (_SMALL_BLOCK // max(n_cls, 1)) * n_cls)), dtype)
-
-
 def _ce_small_signature(dtype):
     """``bad = _ce_index_small(x, t, n_rows, n_cls, w, ignore_index, eps, g, gvec, n_gvec, mean, out,
     n_out, with_grad, inplace, loss, n_loss, row, n_row, result)``: each array a pointer (``x``, ``w``,
@@ -271,8 +265,8 @@ def _ce_index_small(x_p, t_p, n_rows, n_cls, w_p, ignore_index, eps, g, gvec_p, 
     ``t (R,)``, class weight ``w (C,)``; the gradient of row ``i`` (``with_grad``, into ``out``: the
     ``(R * C,)`` flat view of the C-contiguous gradient, which may be ``x``'s data: ``inplace``) scaled
     by :func:`_row_factor` (``g``, or ``gvec`` unless it is empty); the loss of each row into ``loss``
-    unless it is empty; ``row`` is scratch for the exponentials of a value-only call
-    (:func:`small_scratch`; any size with ``with_grad``). A flat ``out`` because a ``reshape`` in the
+    unless it is empty; ``row`` is scratch for the exponentials of a value-only call (a block of
+    rows: ``max(C, _SMALL_BLOCK)`` elements suffice; any size with ``with_grad``). A flat ``out`` because a ``reshape`` in the
     kernel costs its first call half a second of compilation.
 
     A C entry point (:func:`fastloss._jit.entry`, the signature of :func:`_ce_small_signature`; per

@@ -11,7 +11,7 @@ from ... import _validation as V
 from ..._cy import softmax_small
 from ..._dispatch import scalar_result
 from .ce_kernels import (_ce_index_channels, _ce_index_rows, _ce_index_short, _ce_prob_channels,
-                         _ce_prob_rows, _ce_prob_short, _ce_prob_small, small_scratch)
+                         _ce_prob_rows, _ce_prob_short, _ce_prob_small)
 from .rows import _SHORT_CLASSES, _SHORT_ROWS, _index_scan, _tile_blocks
 from .softmax_kernels import _nll_chunk, _softmax_channels, _softmax_rows, _softmax_short
 
@@ -222,16 +222,16 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
     # (a reshape costs a small call about as much as a tenth of its kernel: only where needed)
     x2 = xc if xc.ndim == 2 else xc.reshape(-1, n_cls)
     prob = t.dtype.kind == "f"
-    if with_grad:  # the probability kernel takes the gradient as rows, the index kernel flat
-        row = _empty(x.dtype, 1)
+    # the probability kernel takes the gradient as rows (its scratch row unused with it), the index kernel flat
+    if with_grad:
         if prob:
-            o2 = out if out.ndim == 2 else out.reshape(-1, n_cls)
+            o2, row = out if out.ndim == 2 else out.reshape(-1, n_cls), _empty(x.dtype, 1)
         else:
             o2 = out.reshape(-1)
     elif prob:  # no gradient buffer; the kernel's scratch row of exponentials
         o2, row = _empty(x.dtype, 2), np.empty(n_cls, x.dtype)
-    else:  # no gradient buffer; the kernel's scratch block of exponentials
-        o2, row = _empty(x.dtype, 1), small_scratch(x2.shape[0], n_cls, x.dtype)
+    else:  # no gradient buffer (the index kernel's scratch comes with its C call)
+        o2 = _empty(x.dtype, 1)
     if prob:
         q = np.ascontiguousarray(t).reshape(x2.shape)
         total, den, _ = _ce_prob_small(x2, q, wc, eps, g, gvec, reduction == "mean", o2, with_grad, inplace, loss,
@@ -246,7 +246,7 @@ def _cross_entropy_small(x, t, w, ignore_index, reduction, eps, grad):
             spill, o2, inplace = o2, np.empty_like(o2), False
         x2, tk, wc = _aligned(x2), _aligned(tk), _aligned(wc)
         total, den, bad = softmax_small.ce_index_small(x2, tk, wc, ignore_index, eps, g, gvec, reduction == "mean",
-                                                        o2, with_grad, inplace, loss, row)
+                                                        o2, with_grad, inplace, loss)
         if bad >= 0:
             V.class_index_error("target", t.reshape(-1)[bad], n_cls, ignore_index)
         if spill is not None:
